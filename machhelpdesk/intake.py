@@ -1,0 +1,1037 @@
+"""Mail intake: an IMAP account's messages become tickets and replies, exactly once.
+
+The flow for one account is mailbox -> ledger -> decide -> persist -> act on the server:
+
+1. Take the account's lock (MariaDB ``GET_LOCK``: it holds across commits and across workers on
+   several machines, and the server drops it if the worker dies).
+2. Select the folder. When its UIDVALIDITY changed, every UID is read again and matched to the
+   ledger by Message-ID (or content hash), so nothing is skipped and nothing is ticketed twice.
+3. For each message, a ledger row (``MH Inbound Mail``) is committed in state *Processing* before
+   any work, with the raw copy on disk. Then the message is parsed, classified, run through the
+   blocking filters and processing rules, and turned into a ticket or a reply. The ticket, its
+   thread, its files and the row's final state are committed together.
+4. Only after that commit is the message moved (or deleted) on the server. The row records the
+   server action, so a crash between commit and move is finished by the next pull.
+
+A message that raises is rolled back and its row says *Failed* with the error; it stays on the
+server and is not retried by later pulls, until an admin presses Re-process. A row left in
+*Processing* by a killed worker is retried, at most ``MAX_ATTEMPTS`` times, so a message that
+crashes the worker itself cannot block the mailbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import frappe
+from frappe import _
+from frappe.utils import add_days, cint, escape_html, get_datetime, now_datetime
+
+from machhelpdesk.engine import imap as transport
+from machhelpdesk.engine.loops import Automation, bounced_message_ids, classify_automation
+from machhelpdesk.engine.message import MessageParseError, ParsedMessage, parse_message
+from machhelpdesk.engine.rules import Decision, apply_rules
+from machhelpdesk.engine.threads import choose_thread, find_ticket_numbers, thread_message_ids
+
+MAX_ATTEMPTS = 3
+LOGIN_FAILURE_LIMIT = 5
+FETCH_BATCH = 20
+REOPEN_WINDOW_DAYS = 30
+SUBJECT_LENGTH = 500
+ERROR_LENGTH = 20000
+
+# Ledger states. Every message ends in exactly one of the terminal ones.
+PROCESSING = "Processing"
+TICKETED = "Ticketed"
+REPLIED = "Replied"
+IGNORED = "Ignored"
+BOUNCED = "Bounced"
+BLOCKED = "Blocked"
+HELD = "Held"
+DISCARDED = "Discarded"
+DELETED_BY_RULE = "Deleted by Rule"
+DUPLICATE = "Duplicate"
+FAILED = "Failed"
+EXPIRED = "Expired"
+
+# Server actions recorded on the row.
+PENDING = "Pending"
+MOVED = "Moved"
+DELETED = "Deleted"
+LEFT = "Left in Folder"
+
+SUMMARY_KEYS = (
+	"seen",
+	"tickets",
+	"replies",
+	"held",
+	"blocked",
+	"discarded",
+	"ignored",
+	"bounced",
+	"deleted_by_rule",
+	"duplicates",
+	"failed",
+	"moved",
+	"deleted",
+)
+STATE_COUNTER = {
+	TICKETED: "tickets",
+	REPLIED: "replies",
+	HELD: "held",
+	BLOCKED: "blocked",
+	DISCARDED: "discarded",
+	IGNORED: "ignored",
+	BOUNCED: "bounced",
+	DELETED_BY_RULE: "deleted_by_rule",
+	DUPLICATE: "duplicates",
+	FAILED: "failed",
+}
+
+
+class IntakeError(frappe.ValidationError):
+	"""A pull could not run at all (login, TLS, folder); the message says why in plain words."""
+
+
+@dataclass
+class PullSummary:
+	"""What one pull did, for the CLI, the desk and the logs."""
+
+	account: str
+	dry_run: bool = False
+	counts: Counter = field(default_factory=Counter)
+	error: str = ""
+	skipped: str = ""
+	plans: list[dict] = field(default_factory=list)
+
+	def add(self, key: str, n: int = 1) -> None:
+		self.counts[key] += n
+
+	def as_dict(self) -> dict:
+		return {
+			"account": self.account,
+			"dry_run": self.dry_run,
+			"error": self.error,
+			"skipped": self.skipped,
+			**{key: self.counts[key] for key in SUMMARY_KEYS},
+			"plans": self.plans,
+		}
+
+	def text(self) -> str:
+		head = _("{0}: dry run").format(self.account) if self.dry_run else self.account
+		if self.skipped:
+			return f"{head}: {self.skipped}"
+		parts = [f"{key.replace('_', ' ')} {self.counts[key]}" for key in SUMMARY_KEYS]
+		line = f"{head}: " + ", ".join(parts)
+		return f"{line}\n  error: {self.error}" if self.error else line
+
+
+@dataclass
+class Plan:
+	"""What intake will do with one parsed message. Built without writing anything (dry runs use it)."""
+
+	state: str
+	reason: str = ""
+	ticket: str | None = None  # the ticket a reply, bounce or ignored auto-reply belongs to
+	decision: Decision | None = None
+	automation: Automation | None = None
+	create_contact: bool = False
+	duplicate_of: str | None = None
+	blocking_filter: str | None = None
+
+	def as_dict(self) -> dict:
+		return {
+			"state": self.state,
+			"reason": self.reason,
+			"ticket": self.ticket,
+			"rules": self.decision.summary() if self.decision else "",
+		}
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+
+def pull_account(account: str, dry_run: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+	"""Pull one account now. Returns the summary as a dict. Used by the scheduler job and the CLI."""
+	summary = PullSummary(account=account, dry_run=dry_run)
+	with account_lock(account) as locked:
+		if not locked:
+			summary.skipped = _("another pull of this account is running; nothing done")
+			return summary.as_dict() | {"text": summary.text()}
+		doc = frappe.get_doc("MH IMAP Account", account)
+		try:
+			MailboxPull(doc, summary, dry_run=dry_run, progress=progress).run()
+		except transport.IMAPError as e:
+			summary.error = str(e)
+			if not dry_run:
+				record_pull_error(doc, e)
+	return summary.as_dict() | {"text": summary.text()}
+
+
+@contextmanager
+def account_lock(account: str) -> Iterator[bool]:
+	"""A named MariaDB lock per site and account: held across commits, released if the worker dies."""
+	name = "mh-pull:" + hashlib.sha1(f"{frappe.local.site}:{account}".encode()).hexdigest()  # noqa: S324
+	got = frappe.db.sql("SELECT GET_LOCK(%s, 0)", (name,))[0][0] == 1
+	try:
+		yield got
+	finally:
+		if got:
+			frappe.db.sql("SELECT RELEASE_LOCK(%s)", (name,))
+
+
+def record_pull_error(doc, error: transport.IMAPError) -> None:
+	"""Remember the error on the account; after 5 failed logins in a row, disable it and tell managers."""
+	frappe.db.rollback()
+	values = {"last_error": str(error)[:1000], "last_pulled_on": now_datetime()}
+	if isinstance(error, transport.IMAPAuthError):
+		failures = cint(frappe.db.get_value("MH IMAP Account", doc.name, "login_failures")) + 1
+		values["login_failures"] = failures
+		if failures >= LOGIN_FAILURE_LIMIT:
+			values["enabled"] = 0
+			notify_managers_of_disabled_account(doc, error)
+	frappe.db.set_value("MH IMAP Account", doc.name, values, update_modified=False)
+	frappe.db.commit()
+
+
+def notify_managers_of_disabled_account(doc, error: Exception) -> None:
+	managers = frappe.get_all(
+		"Has Role",
+		filters={"role": ("in", ("MH Manager", "System Manager")), "parenttype": "User"},
+		pluck="parent",
+		distinct=True,
+	)
+	subject = _("Email Parser: {0} was disabled after {1} failed logins").format(
+		doc.email_address, LOGIN_FAILURE_LIMIT
+	)
+	for user in managers:
+		if user in ("Administrator", "Guest") or not frappe.db.get_value("User", user, "enabled"):
+			continue
+		frappe.get_doc(
+			{
+				"doctype": "Notification Log",
+				"for_user": user,
+				"type": "Alert",
+				"document_type": "MH IMAP Account",
+				"document_name": doc.name,
+				"subject": subject,
+				"email_content": escape_html(str(error)),
+			}
+		).insert(ignore_permissions=True)
+
+
+# --- one pull ---------------------------------------------------------------------------------------
+
+
+class MailboxPull:
+	"""One pass over one account's folder. Every write to the database happens here or below."""
+
+	def __init__(self, account, summary: PullSummary, dry_run: bool = False, progress=None):
+		self.account = account
+		self.summary = summary
+		self.dry_run = dry_run
+		self.progress = progress or (lambda _message: None)
+		self.settings = frappe.get_cached_doc("MH Settings")
+		self.max_attachment_size = effective_attachment_limit(self.settings)
+		self.session: transport.MailboxSession | None = None
+		self.uidvalidity = ""
+
+	def run(self) -> None:
+		settings = self.account.imap_settings()
+		with transport.MailboxSession(settings) as session:
+			self.session = session
+			state = session.select(self.account.folder, readonly=self.dry_run)
+			self.uidvalidity = str(state.uidvalidity)
+			resync = bool(self.account.uidvalidity) and self.account.uidvalidity != self.uidvalidity
+			if not self.dry_run:
+				self.finish_pending_server_actions()
+			last_uid = 0 if resync else cint(self.account.last_uid)
+			uids = session.all_uids() if not last_uid else session.uids_since(last_uid)
+			if resync:
+				self.progress(
+					_("UIDVALIDITY changed from {0} to {1}: re-syncing {2} messages by Message-ID").format(
+						self.account.uidvalidity, self.uidvalidity, len(uids)
+					)
+				)
+			self.progress(_("{0}: {1} new messages").format(self.account.name, len(uids)))
+			for fetched in session.fetch(uids, batch=FETCH_BATCH):
+				self.take(fetched)
+				self.summary.add("seen")
+				if self.summary.counts["seen"] % 50 == 0:
+					self.progress(
+						_("{0} of {1} messages read").format(self.summary.counts["seen"], len(uids))
+					)
+			if not self.dry_run:
+				frappe.db.set_value(
+					"MH IMAP Account",
+					self.account.name,
+					{"last_pulled_on": now_datetime(), "last_error": "", "login_failures": 0},
+					update_modified=False,
+				)
+				frappe.db.commit()  # the pull's bookkeeping; every message committed on its own already
+
+	# -- per message --
+
+	def mailbox_key(self, uid: int) -> str:
+		return f"{self.account.name}|{self.account.folder}|{self.uidvalidity}|{uid}"
+
+	def take(self, fetched: transport.FetchedMessage) -> None:
+		"""Give one fetched message exactly one ledger outcome."""
+		key = self.mailbox_key(fetched.uid)
+		row_name = frappe.db.get_value("MH Inbound Mail", {"mailbox_key": key})
+		if self.dry_run:
+			if not row_name:
+				self.plan_only(fetched)
+			return
+		if row_name:
+			self.resume(frappe.get_doc("MH Inbound Mail", row_name), fetched)
+		else:
+			self.take_new(fetched)
+		self.advance_last_uid(fetched.uid)
+
+	def take_new(self, fetched: transport.FetchedMessage) -> None:
+		parsed, parse_error = safe_parse(fetched.raw, self.max_attachment_size)
+		message_key = make_message_key(parsed, fetched.raw)
+		earlier = self.same_message_elsewhere(message_key)
+		if earlier and earlier.imap_account == self.account.name and earlier.folder == self.account.folder:
+			if earlier.uidvalidity != self.uidvalidity:
+				# The folder was renumbered (UIDVALIDITY changed): the same row, at its new address.
+				earlier.db_set(
+					{
+						"uidvalidity": self.uidvalidity,
+						"uid": fetched.uid,
+						"mailbox_key": self.mailbox_key(fetched.uid),
+					}
+				)
+				frappe.db.commit()  # the row's new coordinates, before anything is done with them
+				self.resume(earlier, fetched, parsed=parsed)
+				return
+		row = self.insert_row(fetched, parsed, message_key)
+		if earlier and earlier.state not in (FAILED, PROCESSING):
+			self.finish(
+				row,
+				Plan(
+					state=DUPLICATE,
+					reason=_("already taken as {0}").format(earlier.name),
+					duplicate_of=earlier.name,
+					ticket=earlier.ticket,
+				),
+			)
+			return
+		self.process(row, parsed, parse_error)
+
+	def resume(self, row, fetched: transport.FetchedMessage, parsed: ParsedMessage | None = None) -> None:
+		"""A message the ledger already knows: finish whatever an earlier pull left undone."""
+		if row.state == PROCESSING:
+			if cint(row.attempts) >= MAX_ATTEMPTS:
+				self.fail(
+					row,
+					_(
+						"processing was interrupted {0} times; the worker may have crashed on this message"
+					).format(row.attempts),
+				)
+				return
+			row.db_set("attempts", cint(row.attempts) + 1)
+			frappe.db.commit()  # count the attempt before trying, so a crashing message cannot loop
+			if parsed is None:
+				parsed, parse_error = safe_parse(fetched.raw, self.max_attachment_size)
+			else:
+				parse_error = None
+			self.process(row, parsed, parse_error)
+		elif row.server_action == PENDING:
+			self.act_on_server(row)
+
+	def plan_only(self, fetched: transport.FetchedMessage) -> None:
+		parsed, parse_error = safe_parse(fetched.raw, self.max_attachment_size)
+		if parsed is None:
+			plan = Plan(state=FAILED, reason=parse_error or "")
+		else:
+			earlier = self.same_message_elsewhere(make_message_key(parsed, fetched.raw))
+			plan = (
+				Plan(state=DUPLICATE, reason=_("already taken as {0}").format(earlier.name))
+				if earlier and earlier.state not in (FAILED, PROCESSING)
+				else plan_message(self.account, parsed)
+			)
+		self.summary.add(STATE_COUNTER.get(plan.state, "failed"))
+		self.summary.plans.append(
+			{"uid": fetched.uid, "subject": parsed.subject if parsed else ""} | plan.as_dict()
+		)
+
+	def same_message_elsewhere(self, message_key: str):
+		name = frappe.db.get_value(
+			"MH Inbound Mail", {"message_key": message_key}, "name", order_by="creation asc"
+		)
+		return frappe.get_doc("MH Inbound Mail", name) if name else None
+
+	def insert_row(self, fetched: transport.FetchedMessage, parsed: ParsedMessage | None, message_key: str):
+		sender = parsed.sender if parsed else None
+		received = to_naive_utc(fetched.internal_date or (parsed.date if parsed else None)) or now_datetime()
+		row = frappe.get_doc(
+			{
+				"doctype": "MH Inbound Mail",
+				"state": PROCESSING,
+				"server_action": PENDING,
+				"attempts": 1,
+				"imap_account": self.account.name,
+				"folder": self.account.folder,
+				"uidvalidity": self.uidvalidity,
+				"uid": fetched.uid,
+				"mailbox_key": self.mailbox_key(fetched.uid),
+				"message_id": (parsed.message_id or "")[:255] if parsed else "",
+				"message_key": message_key,
+				"from_email": (sender.email if sender else "")[:255],
+				"from_name": (sender.name if sender else "")[:255],
+				"subject": (parsed.subject if parsed else "")[:SUBJECT_LENGTH],
+				"size": fetched.size or len(fetched.raw),
+				"received_at": received,
+				"raw_path": store_raw(fetched.raw),
+			}
+		)
+		row.insert(ignore_permissions=True)
+		frappe.db.commit()  # the row exists before any work, so a crash leaves a trace and a retry count
+		return row
+
+	def process(self, row, parsed: ParsedMessage | None, parse_error: str | None) -> None:
+		if parsed is None:
+			self.fail(row, parse_error or _("the message could not be parsed"))
+			return
+		try:
+			plan = plan_message(self.account, parsed)
+			persist(self.account, row, parsed, plan)
+			self.finish(row, plan)
+		except Exception:
+			frappe.db.rollback()
+			self.fail(row, traceback.format_exc())
+
+	def finish(self, row, plan: Plan) -> None:
+		"""Commit the outcome with everything it created, then act on the server."""
+		values = {"state": plan.state, "reason": plan.reason[:1000], "ticket": plan.ticket}
+		if plan.duplicate_of:
+			values["duplicate_of"] = plan.duplicate_of
+		if plan.automation and plan.automation.is_automated:
+			values["automation"] = f"{plan.automation.kind}: {plan.automation.reason}"[:140]
+		if plan.decision:
+			values["rule_trace"] = frappe.as_json(plan.decision.as_dict())
+		row.db_set(values)
+		frappe.db.commit()  # the ticket, its thread and the row's outcome become durable together
+		self.summary.add(STATE_COUNTER[plan.state])
+		self.act_on_server(row)
+
+	def fail(self, row, error: str) -> None:
+		row.reload()
+		row.db_set(
+			{
+				"state": FAILED,
+				"server_action": LEFT,
+				"reason": error.strip().splitlines()[-1][:1000] if error.strip() else "",
+				"error": error[-ERROR_LENGTH:],
+			}
+		)
+		frappe.db.commit()  # a failed message is recorded and left on the server for an admin
+		self.summary.add("failed")
+		self.progress(_("message UID {0} failed: {1}").format(row.uid, row.reason))
+
+	def act_on_server(self, row) -> None:
+		"""Move or delete a committed message. A failure here leaves it Pending for the next pull."""
+		try:
+			if self.account.move_parsed_email:
+				self.session.move(cint(row.uid), self.account.move_to_folder)
+				action, counter = MOVED, "moved"
+			else:
+				self.session.delete(cint(row.uid))
+				action, counter = DELETED, "deleted"
+		except transport.IMAPConnectError:
+			raise  # the connection is gone: stop this pull; the row stays Pending
+		except transport.IMAPError as e:
+			frappe.db.set_value(
+				"MH Inbound Mail", row.name, "reason", f"{row.reason or ''}\n{e}".strip()[:1000]
+			)
+			frappe.db.commit()  # keep the server's refusal visible on the row
+			return
+		row.db_set("server_action", action)
+		frappe.db.commit()  # the server action is done
+		self.summary.add(counter)
+
+	def finish_pending_server_actions(self) -> None:
+		"""Rows committed by an earlier pull whose move or delete did not happen (crash, dropped link)."""
+		rows = frappe.get_all(
+			"MH Inbound Mail",
+			filters={
+				"imap_account": self.account.name,
+				"folder": self.account.folder,
+				"uidvalidity": self.uidvalidity,
+				"server_action": PENDING,
+				"state": ("not in", (PROCESSING, FAILED)),
+			},
+			pluck="name",
+		)
+		if not rows:
+			return
+		present = set(self.session.all_uids())
+		for name in rows:
+			row = frappe.get_doc("MH Inbound Mail", name)
+			if cint(row.uid) in present:
+				self.act_on_server(row)
+			else:
+				row.db_set("server_action", MOVED if self.account.move_parsed_email else DELETED)
+				frappe.db.commit()  # someone else already moved it; record what we found
+
+	def advance_last_uid(self, uid: int) -> None:
+		if uid > cint(self.account.last_uid) or self.account.uidvalidity != self.uidvalidity:
+			self.account.last_uid = uid
+			self.account.uidvalidity = self.uidvalidity
+			frappe.db.set_value(
+				"MH IMAP Account",
+				self.account.name,
+				{"last_uid": uid, "uidvalidity": self.uidvalidity},
+				update_modified=False,
+			)
+			frappe.db.commit()  # the UID mark moves only after the message's row is durable
+
+
+# --- parse and decide (no writes) -------------------------------------------------------------------
+
+
+def effective_attachment_limit(settings) -> int:
+	"""The lower of the helpdesk's own limit (0 = none) and Frappe's file size limit, in bytes."""
+	from frappe.core.api.file import get_max_file_size
+
+	ours = cint(settings.max_attachment_size_mb) * 1024 * 1024
+	return min(ours, get_max_file_size()) if ours else get_max_file_size()
+
+
+def safe_parse(raw: bytes, max_attachment_size: int | None) -> tuple[ParsedMessage | None, str | None]:
+	try:
+		return parse_message(raw, max_attachment_size=max_attachment_size), None
+	except MessageParseError as e:
+		return None, _("the message could not be parsed: {0}").format(e)
+
+
+def make_message_key(parsed: ParsedMessage | None, raw: bytes) -> str:
+	"""The Message-ID, or a content hash when there is none: two copies of one message share it."""
+	if parsed and parsed.message_id:
+		return parsed.message_id[:255]
+	return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def plan_message(account, parsed: ParsedMessage) -> Plan:
+	"""Decide what to do with a message, reading the database but writing nothing."""
+	from machhelpdesk.machhelpdesk.doctype.mh_blocking_filter.mh_blocking_filter import blocking_filter_for
+
+	automation = classify_automation(parsed)
+	sender = parsed.sender.email if parsed.sender else ""
+	if automation.kind == "bounce":
+		ticket = ticket_for_message_ids(bounced_message_ids(parsed))
+		return Plan(state=BOUNCED, reason=automation.reason, ticket=ticket, automation=automation)
+	if not sender:
+		return Plan(state=DISCARDED, reason=_("the message has no sender address"), automation=automation)
+	if own_address(sender):
+		return Plan(
+			state=IGNORED, reason=_("sent from one of the helpdesk's own addresses"), automation=automation
+		)
+	blocking = blocking_filter_for(sender)
+	if blocking:
+		return Plan(
+			state=BLOCKED,
+			reason=_("blocked by filter {0} ({1} {2})").format(
+				blocking.name, blocking.filter_type, blocking.value
+			),
+			automation=automation,
+			blocking_filter=blocking.name,
+		)
+	thread = find_thread(parsed)
+	if not automation.may_open_ticket:
+		return Plan(state=IGNORED, reason=automation.reason, ticket=thread, automation=automation)
+	rules = [rule.as_engine_rule() for rule in account_rules(account.name)]
+	if thread:
+		decision = apply_rules(rules, parsed, is_reply=True)
+		if decision.delete:
+			return Plan(
+				state=DELETED_BY_RULE,
+				reason=_("deleted by rule {0}").format(decision.deleted_by),
+				decision=decision,
+				automation=automation,
+				ticket=thread,
+			)
+		return Plan(state=REPLIED, ticket=thread, decision=decision, automation=automation)
+	decision = apply_rules(rules, parsed)
+	if decision.delete:
+		return Plan(
+			state=DELETED_BY_RULE,
+			reason=_("deleted by rule {0}").format(decision.deleted_by),
+			decision=decision,
+			automation=automation,
+		)
+	state, reason, create_contact = unknown_sender_outcome(sender)
+	return Plan(
+		state=state, reason=reason, decision=decision, automation=automation, create_contact=create_contact
+	)
+
+
+def account_rules(account: str):
+	from machhelpdesk.machhelpdesk.doctype.mh_processing_rule.mh_processing_rule import rules_for_account
+
+	return rules_for_account(account)
+
+
+def own_address(address: str) -> bool:
+	return bool(frappe.db.exists("MH IMAP Account", {"email_address": address}))
+
+
+def find_thread(parsed: ParsedMessage) -> str | None:
+	"""The ticket this message answers: by Message-ID, or by ticket number from a known participant."""
+	from machhelpdesk.machhelpdesk.doctype.mh_settings.mh_settings import ticket_affixes
+
+	prefixes, postfixes = ticket_affixes()
+	by_message_id = tickets_by_message_id(thread_message_ids(parsed))
+	subject_tickets = {}
+	for number in find_ticket_numbers(parsed.subject, prefixes, postfixes):
+		values = frappe.db.get_value("MH Ticket", number, ["raised_by", "cc"], as_dict=True)
+		if values:
+			subject_tickets[number] = participants(values.raised_by, values.cc)
+	candidate = choose_thread(
+		parsed,
+		by_message_id=by_message_id,
+		subject_tickets=subject_tickets,
+		prefixes=prefixes,
+		postfixes=postfixes,
+	)
+	if not candidate:
+		return None
+	closed_on = frappe.db.get_value("MH Ticket", candidate.ticket, "closed_on")
+	if closed_on and get_datetime(closed_on) < add_days(now_datetime(), -REOPEN_WINDOW_DAYS):
+		return None  # a reply to a ticket closed long ago opens a new one instead of reopening it
+	return candidate.ticket
+
+
+def participants(raised_by: str | None, cc: str | None) -> set[str]:
+	people = {(raised_by or "").lower()}
+	people.update(
+		a.strip().lower() for a in (cc or "").replace(";", ",").replace("\n", ",").split(",") if a.strip()
+	)
+	people.discard("")
+	return people
+
+
+def tickets_by_message_id(message_ids: list[str]) -> dict[str, str]:
+	"""Message-IDs we received or sent, mapped to their tickets."""
+	if not message_ids:
+		return {}
+	found: dict[str, str] = {}
+	for message_id, ticket in frappe.get_all(
+		"MH Inbound Mail",
+		filters={"message_id": ("in", message_ids), "ticket": ("is", "set")},
+		fields=["message_id", "ticket"],
+		as_list=True,
+	):
+		found.setdefault(message_id, ticket)
+	bare = {m.strip("<>"): m for m in message_ids}
+	for message_id, ticket in frappe.get_all(
+		"Communication",
+		filters={"message_id": ("in", list(bare) + message_ids), "reference_doctype": "MH Ticket"},
+		fields=["message_id", "reference_name"],
+		as_list=True,
+	):
+		found.setdefault(bare.get(message_id, message_id), ticket)
+	for message_id, ticket in frappe.get_all(
+		"MH Ticket",
+		filters={"first_message_id": ("in", message_ids)},
+		fields=["first_message_id", "name"],
+		as_list=True,
+	):
+		found.setdefault(message_id, ticket)
+	return found
+
+
+def ticket_for_message_ids(message_ids: list[str]) -> str | None:
+	found = tickets_by_message_id(message_ids)
+	for message_id in message_ids:
+		if message_id in found:
+			return found[message_id]
+	return None
+
+
+def unknown_sender_outcome(sender: str) -> tuple[str, str, bool]:
+	"""What happens to a new ticket's sender, by the registration settings.
+
+	Returns (state, reason, create_contact). Apps can replace the policy with the
+	``mh_unknown_sender_policy`` hook (a dotted path to a function of the same shape).
+	"""
+	hooks = frappe.get_hooks("mh_unknown_sender_policy")
+	if hooks:
+		return frappe.get_attr(hooks[-1])(sender)
+	if is_known_sender(sender):
+		return TICKETED, "", False
+	settings = frappe.get_cached_doc("MH Settings")
+	if not settings.require_registration:
+		return TICKETED, "", bool(settings.auto_create_accounts)
+	if not settings.auto_create_accounts:
+		return DISCARDED, _("discarded: unknown sender"), False
+	return TICKETED, _("unknown sender: support account created"), True
+
+
+def is_known_sender(address: str) -> bool:
+	"""A contact with this address linked to a user, or a desk user (an agent writing in)."""
+	contact = contact_for(address)
+	if contact and frappe.db.get_value("Contact", contact, "user"):
+		return True
+	return bool(frappe.db.get_value("User", {"name": address, "user_type": "System User", "enabled": 1}))
+
+
+def contact_for(address: str) -> str | None:
+	return frappe.db.get_value("Contact Email", {"email_id": address, "parenttype": "Contact"}, "parent")
+
+
+# --- persist ----------------------------------------------------------------------------------------
+
+
+def persist(account, row, parsed: ParsedMessage, plan: Plan) -> None:
+	"""Write what the plan says, without committing (the caller commits once)."""
+	if plan.state == TICKETED:
+		plan.ticket = create_ticket(account, row, parsed, plan)
+	elif plan.state == REPLIED:
+		add_reply(account, row, parsed, plan)
+	elif plan.state == BOUNCED and plan.ticket:
+		frappe.get_doc("MH Ticket", plan.ticket).add_comment(
+			"Comment",
+			_("A delivery failure report arrived for this ticket ({0}): {1}").format(
+				escape_html(parsed.subject), escape_html(plan.reason)
+			),
+		)
+	if plan.decision:
+		count_rule_hits(plan.decision)
+	if plan.blocking_filter:
+		count_filter_hit(plan.blocking_filter)
+
+
+def create_ticket(account, row, parsed: ParsedMessage, plan: Plan) -> str:
+	sender = parsed.sender
+	contact = contact_for(sender.email) or (ensure_contact(sender) if plan.create_contact else None)
+	decision = plan.decision or Decision()
+	received = get_datetime(row.received_at)
+	ticket = frappe.get_doc(
+		{
+			"doctype": "MH Ticket",
+			"subject": (parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH],
+			"raised_by": sender.email,
+			"raised_by_name": (sender.name or "")[:140],
+			"contact": contact,
+			"cc": ", ".join(other_participants(account, parsed)),
+			"department": decision.department or account.default_department,
+			"status": decision.status,
+			"priority": decision.priority,
+			"imap_account": account.name,
+			"first_message_id": (parsed.message_id or "")[:255],
+			"opened_on": received,
+			"last_customer_message_on": received,
+		}
+	)
+	ticket.insert(ignore_permissions=True)
+	notes = []
+	if decision.matched_rules:
+		notes.append(decision.summary())
+	file_notes, content = save_attachments(ticket.name, parsed)
+	notes += file_notes
+	communication = add_communication(ticket.name, parsed, row, contact, content)
+	if notes:
+		ticket.db_set("intake_note", "\n".join(notes)[:5000], update_modified=False)
+	if decision.assign_to:
+		assign(ticket.name, decision.assign_to)
+	row.communication = communication
+	row.db_set("communication", communication)
+	return ticket.name
+
+
+def add_reply(account, row, parsed: ParsedMessage, plan: Plan) -> None:
+	from machhelpdesk.machhelpdesk.doctype.mh_ticket.mh_ticket import default_status
+
+	ticket = frappe.get_doc("MH Ticket", plan.ticket)
+	contact = ticket.contact or contact_for(parsed.sender.email)
+	notes, content = save_attachments(ticket.name, parsed)
+	communication = add_communication(ticket.name, parsed, row, contact, content)
+	row.db_set("communication", communication)
+	decision = plan.decision or Decision()
+	ticket.last_customer_message_on = get_datetime(row.received_at)
+	customer = parsed.sender.email in participants(ticket.raised_by, ticket.cc)
+	if decision.status:
+		ticket.status = decision.status
+	elif customer and ticket.status_category != "Open":
+		ticket.status = default_status("Open")  # the customer answered: the ball is in the agents' court
+	if decision.department:
+		ticket.department = decision.department
+	if decision.priority:
+		ticket.priority = decision.priority
+	if notes:
+		ticket.intake_note = "\n".join(filter(None, [ticket.intake_note, *notes]))[:5000]
+	ticket.flags.ignore_permissions = True
+	ticket.save()
+	if decision.assign_to:
+		assign(ticket.name, decision.assign_to)
+
+
+def other_participants(account, parsed: ParsedMessage) -> list[str]:
+	ours = {account.email_address, parsed.sender.email}
+	seen = []
+	for address in [*parsed.to, *parsed.cc]:
+		if (
+			address.email
+			and address.email not in ours
+			and address.email not in seen
+			and not own_address(address.email)
+		):
+			seen.append(address.email)
+	return seen[:50]
+
+
+def add_communication(ticket: str, parsed: ParsedMessage, row, contact: str | None, content: str) -> str:
+	"""The received mail in the ticket's timeline, as Frappe's Communication."""
+	communication = frappe.get_doc(
+		{
+			"doctype": "Communication",
+			"communication_type": "Communication",
+			"communication_medium": "Email",
+			"sent_or_received": "Received",
+			"email_status": "Open",
+			"subject": (parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH],
+			"sender": parsed.sender.email,
+			"sender_full_name": (parsed.sender.name or parsed.sender.email)[:140],
+			"recipients": ", ".join(a.email for a in parsed.to)[:5000],
+			"cc": ", ".join(a.email for a in parsed.cc)[:5000],
+			"content": content,
+			"text_content": parsed.text[:100000],
+			"reference_doctype": "MH Ticket",
+			"reference_name": ticket,
+			"message_id": (parsed.message_id or "").strip("<>")[:995],
+			"in_reply_to": ", ".join(parsed.in_reply_to)[:140] or None,
+			"communication_date": row.received_at,
+			"has_attachment": 1 if any(not a.inline for a in parsed.attachments) else 0,
+			"seen": 0,
+		}
+	)
+	if contact:
+		communication.add_link("Contact", contact)
+	communication.insert(ignore_permissions=True)
+	return communication.name
+
+
+def message_html(parsed: ParsedMessage) -> str:
+	if parsed.html:
+		return parsed.html
+	return (
+		'<div class="mh-plain-text" style="white-space: pre-wrap">'
+		+ escape_html(parsed.text or "")
+		+ "</div>"
+	)
+
+
+def save_attachments(ticket: str, parsed: ParsedMessage) -> tuple[list[str], str]:
+	"""Store attachments as private files on the ticket; list the ones over the size limit instead.
+
+	Returns notes for the ticket and the message's HTML for the thread, with inline ``cid:``
+	images pointing at their stored files.
+	"""
+	html = message_html(parsed)
+	skipped = []
+	for attachment in parsed.attachments:
+		if attachment.oversized:
+			skipped.append(f"{attachment.filename} ({human_size(attachment.size)})")
+			continue
+		file = frappe.get_doc(
+			{
+				"doctype": "File",
+				"file_name": attachment.filename,
+				"attached_to_doctype": "MH Ticket",
+				"attached_to_name": ticket,
+				"is_private": 1,
+				"content": attachment.content,
+			}
+		)
+		file.save(ignore_permissions=True)
+		if attachment.content_id:
+			html = html.replace(f"cid:{attachment.content_id}", file.file_url)
+	notes = []
+	if skipped:
+		notes.append(_("Attachments over the size limit were not stored: {0}").format(", ".join(skipped)))
+	return notes, html
+
+
+def human_size(size: int) -> str:
+	for unit in ("bytes", "KB", "MB", "GB"):
+		if size < 1024 or unit == "GB":
+			return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+		size /= 1024
+	return str(size)
+
+
+def assign(ticket: str, user: str) -> None:
+	from frappe.desk.form.assign_to import add as add_assignment
+
+	if not frappe.db.get_value("User", {"name": user, "enabled": 1}):
+		return
+	add_assignment({"assign_to": [user], "doctype": "MH Ticket", "name": ticket}, ignore_permissions=True)
+
+
+def ensure_contact(sender) -> str:
+	"""A Contact and Website User for a new sender, with the customer role and no welcome mail."""
+	user = frappe.db.get_value("User", sender.email)
+	if not user:
+		first_name = (sender.name or sender.email.split("@")[0])[:100]
+		user_doc = frappe.get_doc(
+			{
+				"doctype": "User",
+				"email": sender.email,
+				"first_name": first_name,
+				"user_type": "Website User",
+				"send_welcome_email": 0,
+				"roles": [{"role": "MH Customer"}],
+			}
+		)
+		user_doc.flags.ignore_permissions = True
+		user_doc.flags.no_welcome_mail = True
+		user_doc.insert()
+		user = user_doc.name
+	contact = frappe.get_doc(
+		{
+			"doctype": "Contact",
+			"first_name": (sender.name or sender.email.split("@")[0])[:100],
+			"user": user,
+			"email_ids": [{"email_id": sender.email, "is_primary": 1}],
+		}
+	)
+	contact.insert(ignore_permissions=True)
+	return contact.name
+
+
+def count_rule_hits(decision: Decision) -> None:
+	if not decision.matched_rules:
+		return
+	rule = frappe.qb.DocType("MH Processing Rule")
+	names = frappe.get_all(
+		"MH Processing Rule", filters={"rule_name": ("in", decision.matched_rules)}, pluck="name"
+	)
+	if names:
+		(
+			frappe.qb.update(rule)
+			.set(rule.hit_count, rule.hit_count + 1)
+			.set(rule.last_hit_on, now_datetime())
+			.where(rule.name.isin(names))
+		).run()
+
+
+def count_filter_hit(name: str) -> None:
+	bf = frappe.qb.DocType("MH Blocking Filter")
+	frappe.qb.update(bf).set(bf.hit_count, bf.hit_count + 1).set(bf.last_hit_on, now_datetime()).where(
+		bf.name == name
+	).run()
+
+
+# --- raw copies ---------------------------------------------------------------------------------------
+
+
+def raw_root() -> str:
+	"""Raw copies live in the site's private folder, outside private/files, so the web never serves them."""
+	return frappe.get_site_path("private", "machhelpdesk", "raw")
+
+
+def store_raw(raw: bytes) -> str:
+	"""Write the raw message once per content; returns the path relative to the raw folder."""
+	digest = hashlib.sha256(raw).hexdigest()
+	relative = os.path.join(digest[:2], digest + ".eml")
+	path = os.path.join(raw_root(), relative)
+	if not os.path.exists(path):
+		os.makedirs(os.path.dirname(path), exist_ok=True)
+		tmp = f"{path}.{os.getpid()}.tmp"
+		with open(tmp, "wb") as fh:
+			fh.write(raw)
+			fh.flush()
+			os.fsync(fh.fileno())
+		os.replace(tmp, path)
+	return relative
+
+
+def read_raw(relative: str) -> bytes:
+	path = os.path.realpath(os.path.join(raw_root(), relative))
+	if not path.startswith(os.path.realpath(raw_root()) + os.sep):
+		frappe.throw(_("Invalid raw copy path"))
+	with open(path, "rb") as fh:
+		return fh.read()
+
+
+def purge_raw_copies() -> int:
+	"""Daily: delete raw copies past the retention period, keeping failed and held mail."""
+	days = cint(frappe.db.get_single_value("MH Settings", "raw_retention_days"))
+	if not days:
+		return 0
+	cutoff = add_days(now_datetime(), -days)
+	keep_states = (FAILED, HELD, PROCESSING)
+	old = frappe.get_all(
+		"MH Inbound Mail",
+		filters={"creation": ("<", cutoff), "raw_path": ("is", "set"), "state": ("not in", keep_states)},
+		fields=["name", "raw_path"],
+		limit=5000,
+	)
+	removed = 0
+	for row in old:
+		still_needed = frappe.db.exists(
+			"MH Inbound Mail",
+			{"raw_path": row.raw_path, "name": ("!=", row.name), "state": ("in", keep_states)},
+		)
+		frappe.db.set_value("MH Inbound Mail", row.name, "raw_path", "", update_modified=False)
+		if not still_needed:
+			with_path = os.path.join(raw_root(), row.raw_path)
+			if os.path.exists(with_path):
+				os.remove(with_path)
+				removed += 1
+	frappe.db.commit()  # scheduled job: purge in one go
+	return removed
+
+
+# --- re-process -----------------------------------------------------------------------------------
+
+
+def reprocess(row_name: str) -> str:
+	"""Run a failed message again from its raw copy, then move it on the server like parsed mail."""
+	row = frappe.get_doc("MH Inbound Mail", row_name)
+	if row.state != FAILED:
+		frappe.throw(_("Only failed messages can be re-processed; this one is {0}.").format(_(row.state)))
+	if not row.raw_path:
+		frappe.throw(_("The raw copy of this message is gone, so it cannot be re-processed."))
+	account = frappe.get_doc("MH IMAP Account", row.imap_account)
+	raw = read_raw(row.raw_path)
+	row.db_set(
+		{"state": PROCESSING, "attempts": cint(row.attempts) + 1, "server_action": PENDING, "error": ""}
+	)
+	frappe.db.commit()  # visible as Processing while it runs
+	summary = PullSummary(account=account.name)
+	with account_lock(account.name) as locked:
+		if not locked:
+			row.db_set({"state": FAILED, "server_action": LEFT})
+			frappe.db.commit()  # back to where it was
+			frappe.throw(_("A pull of {0} is running. Try again in a minute.").format(account.name))
+		pull = MailboxPull(account, summary)
+		pull.uidvalidity = row.uidvalidity
+		parsed, parse_error = safe_parse(raw, pull.max_attachment_size)
+		with transport.MailboxSession(account.imap_settings()) as session:
+			session.select(row.folder)
+			pull.session = session
+			pull.process(row, parsed, parse_error)
+	row.reload()
+	return row.state
+
+
+def to_naive_utc(value: datetime | None) -> datetime | None:
+	"""Frappe stores naive datetimes in the system time zone; convert an aware one to it."""
+	if value is None:
+		return None
+	if value.tzinfo is None:
+		return value
+	from frappe.utils import convert_utc_to_system_timezone
+
+	return convert_utc_to_system_timezone(value.astimezone(timezone.utc)).replace(tzinfo=None)

@@ -1,0 +1,63 @@
+"""Who sees which ticket.
+
+Roles grant access; these hooks narrow it. One query-builder criterion per user serves both the list
+(``permission_query_conditions``) and the single document (``has_permission``), so the two never disagree.
+
+- Administrator, System Manager and MH Manager: every ticket.
+- MH Agent: tickets of their departments, tickets with no department, and tickets assigned to them.
+- Everyone else (customers with MH Customer): tickets they raised, or whose contact is theirs.
+"""
+
+from pypika.terms import Criterion
+
+import frappe
+
+FULL_ACCESS_ROLES = {"System Manager", "MH Manager"}
+
+
+def ticket_criterion(user: str | None = None) -> Criterion | None:
+	"""The condition a ticket must meet for ``user`` to see it; None means no restriction."""
+	user = user or frappe.session.user
+	if user == "Administrator":
+		return None
+	roles = set(frappe.get_roles(user))
+	if roles & FULL_ACCESS_ROLES:
+		return None
+	ticket = frappe.qb.DocType("MH Ticket")
+	if "MH Agent" in roles:
+		from machhelpdesk.machhelpdesk.doctype.mh_department.mh_department import departments_of
+
+		criterion = ticket.department.isnull() | (ticket.department == "")
+		departments = departments_of(user)
+		if departments:
+			criterion |= ticket.department.isin(departments)
+		return criterion | ticket._assign.like(f'%"{user}"%')
+	email = (frappe.db.get_value("User", user, "email") or user).lower()
+	criterion = ticket.raised_by == email
+	contacts = contacts_of(user)
+	if contacts:
+		criterion |= ticket.contact.isin(contacts)
+	return criterion
+
+
+def contacts_of(user: str) -> list[str]:
+	"""Contacts linked to this website user."""
+	return frappe.get_all("Contact", filters={"user": user}, pluck="name")
+
+
+def ticket_query_conditions(user: str | None = None) -> str:
+	criterion = ticket_criterion(user)
+	if criterion is None:
+		return ""
+	# Backticks: in MariaDB double quotes are string literals, not identifiers.
+	return criterion.get_sql(quote_char="`", with_namespace=True)
+
+
+def ticket_has_permission(doc, ptype: str | None = None, user: str | None = None) -> bool:
+	criterion = ticket_criterion(user)
+	if criterion is None or doc.is_new() or not doc.name:
+		return True
+	ticket = frappe.qb.DocType("MH Ticket")
+	return bool(
+		frappe.qb.from_(ticket).select(ticket.name).where(ticket.name == doc.name).where(criterion).run()
+	)
