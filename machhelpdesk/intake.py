@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -155,6 +156,26 @@ class Plan:
 		}
 
 
+_failpoint_hits: Counter = Counter()
+
+
+def failpoint(step: str) -> None:
+	"""Fault injection for the crash tests: ``MH_INTAKE_FAILPOINT=step[:n]`` SIGKILLs this process
+	the n-th time (default 1st) intake reaches ``step``. Unset in production, where this does nothing.
+
+	Steps: after_fetch, after_ledger, before_commit, after_commit, after_move.
+	"""
+	wanted = os.environ.get("MH_INTAKE_FAILPOINT")
+	if not wanted:
+		return
+	name, _sep, nth = wanted.partition(":")
+	if name != step:
+		return
+	_failpoint_hits[step] += 1
+	if _failpoint_hits[step] >= int(nth or 1):
+		os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- entry points -----------------------------------------------------------------------------------
 
 
@@ -284,6 +305,7 @@ class MailboxPull:
 
 	def take(self, fetched: transport.FetchedMessage) -> None:
 		"""Give one fetched message exactly one ledger outcome."""
+		failpoint("after_fetch")
 		key = self.mailbox_key(fetched.uid)
 		row_name = frappe.db.get_value("MH Inbound Mail", {"mailbox_key": key})
 		if self.dry_run:
@@ -396,6 +418,7 @@ class MailboxPull:
 		)
 		row.insert(ignore_permissions=True)
 		frappe.db.commit()  # the row exists before any work, so a crash leaves a trace and a retry count
+		failpoint("after_ledger")
 		return row
 
 	def process(self, row, parsed: ParsedMessage | None, parse_error: str | None) -> None:
@@ -420,7 +443,9 @@ class MailboxPull:
 		if plan.decision:
 			values["rule_trace"] = frappe.as_json(plan.decision.as_dict())
 		row.db_set(values)
+		failpoint("before_commit")
 		frappe.db.commit()  # the ticket, its thread and the row's outcome become durable together
+		failpoint("after_commit")
 		self.summary.add(STATE_COUNTER[plan.state])
 		self.act_on_server(row)
 
@@ -455,6 +480,7 @@ class MailboxPull:
 			)
 			frappe.db.commit()  # keep the server's refusal visible on the row
 			return
+		failpoint("after_move")
 		row.db_set("server_action", action)
 		frappe.db.commit()  # the server action is done
 		self.summary.add(counter)

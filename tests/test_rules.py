@@ -114,43 +114,35 @@ THREE_TO = "To: Alice <alice@example.com>, Bob Smith <bob@xyzhosting.com>, carol
 # --- operators --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-	("operator", "value", "expected"),
-	[
-		("contains", "server", True),
-		("contains", "database", False),
-		("does not contain", "database", True),
-		("does not contain", "server", False),
-		("equals", "Server down", True),
-		("equals", "server", False),
-		("does not equal", "Server", True),
-		("does not equal", "server DOWN", False),
-		("starts with", "Server", True),
-		("starts with", "down", False),
-		("ends with", "down", True),
-		("ends with", "Server", False),
-		("matches regex", r"^serv\w+\s+d", True),
-		("matches regex", r"^down", False),
-		("does not match regex", r"\d{3}", True),
-		("does not match regex", r"d[aeiou]wn$", False),
-	],
-)
+OPERATOR_CASES = [
+	("contains", "server", True),
+	("contains", "database", False),
+	("does not contain", "database", True),
+	("does not contain", "server", False),
+	("equals", "Server down", True),
+	("equals", "server", False),
+	("does not equal", "Server", True),
+	("does not equal", "server DOWN", False),
+	("starts with", "Server", True),
+	("starts with", "down", False),
+	("ends with", "down", True),
+	("ends with", "Server", False),
+	("matches regex", r"^serv\w+\s+d", True),
+	("matches regex", r"^down", False),
+	("does not match regex", r"\d{3}", True),
+	("does not match regex", r"d[aeiou]wn$", False),
+]
+
+
+@pytest.mark.parametrize(("operator", "value", "expected"), OPERATOR_CASES)
 def test_operator_on_subject(operator, value, expected):
 	msg = parse("Subject: Server down")
 	assert matches(cond("Subject", operator, value), msg) is expected
 
 
 def test_every_operator_is_covered():
-	assert set(OPERATORS) == {
-		"contains",
-		"does not contain",
-		"equals",
-		"does not equal",
-		"starts with",
-		"ends with",
-		"matches regex",
-		"does not match regex",
-	}
+	assert {operator for operator, _value, _expected in OPERATOR_CASES} == set(OPERATORS)
+	assert len(OPERATORS) == 8
 
 
 # --- fields -----------------------------------------------------------------------------------------
@@ -553,6 +545,7 @@ def test_bad_rules_never_raise_during_apply_rules():
 		rule("Mode", match="sometimes"),
 		rule("Action", actions=[Action("Escalate", "x"), Action("Forward to Department", "")]),
 		rule("Nones", Condition(field=None, operator=None, value=None)),  # type: ignore[arg-type]
+		Rule(name="Empty lists", conditions=None, actions=None),  # type: ignore[arg-type]
 	]
 	decision = apply_rules(rules, msg)
 	regex_result = decision.trace[0].conditions[0]
@@ -565,6 +558,7 @@ def test_bad_rules_never_raise_during_apply_rules():
 	assert "ignored" in decision.trace[4].detail
 	assert decision.department is None
 	assert not decision.trace[5].matched
+	assert decision.trace[6].matched
 
 
 # --- regex timeout ----------------------------------------------------------------------------------

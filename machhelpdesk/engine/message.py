@@ -184,8 +184,10 @@ _CHARSET_ALIASES: dict[str, str | None] = {
 # Codecs that exist but are not character sets a mail may legitimately declare.
 _UNSAFE_CODECS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined"})
 
-# Character sets whose strict decoding never fails: trying them is no evidence the label is right.
+# What undecodable text is read as, last: the usual charset of mail that declares none or lies.
 _SINGLE_BYTE_FALLBACK = "cp1252"
+# Declared charsets for which "decode with replacement" is no better than the fallbacks.
+_SINGLE_BYTE_OR_UNICODE = frozenset({"ascii", "utf-8", "cp1252", "iso8859-1", "utf-16", "utf-32", "utf-7"})
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -220,11 +222,21 @@ def clean_text(text: str) -> str:
 	return _SURROGATES.sub("\ufffd", text)
 
 
+def _mostly_utf8(data: bytes) -> str | None:
+	"""Return `data` decoded as UTF-8 with replacement when it is UTF-8 with a few broken sequences
+	(a truncated character, one stray byte), None when it does not look like UTF-8 at all."""
+	text = data.decode("utf-8", errors="replace")
+	broken = text.count("\ufffd") - data.count(b"\xef\xbf\xbd")
+	multibyte = sum(1 for ch in text if ch > "\x7f" and ch != "\ufffd")
+	return text if multibyte >= 4 * max(broken, 1) else None
+
+
 def decode_bytes(data: bytes, charset: str | None = None) -> str:
 	"""Decode `data` as text, trusting the declared `charset` only as far as it decodes cleanly.
 
-	Tries the declared charset strictly, then UTF-8, then (for multi-byte declared charsets) the declared
-	charset with replacement, else Windows-1252 with replacement. Never raises; the result has no NUL
+	Tries the declared charset strictly, then UTF-8; then the declared charset with replacement when it is
+	a multi-byte one (a few bad bytes in Shift_JIS are still Shift_JIS), UTF-8 with replacement when the
+	bytes are mostly UTF-8, else Windows-1252 with replacement. Never raises; the result has no NUL
 	characters and no lone surrogates.
 	"""
 	codec = _lookup_charset(charset)
@@ -235,13 +247,15 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
 			return clean_text(data.decode(candidate))
 		except (UnicodeError, LookupError, ValueError):
 			continue
-	fallback = _SINGLE_BYTE_FALLBACK
-	if codec is not None and codec not in ("ascii", "utf-8"):
-		fallback = codec
-	try:
-		return clean_text(data.decode(fallback, errors="replace"))
-	except (UnicodeError, LookupError, ValueError):
-		return clean_text(data.decode("latin-1"))
+	if codec is not None and codec not in _SINGLE_BYTE_OR_UNICODE:
+		try:
+			return clean_text(data.decode(codec, errors="replace"))
+		except (UnicodeError, LookupError, ValueError):
+			pass
+	text = _mostly_utf8(data)
+	if text is None:
+		text = data.decode(_SINGLE_BYTE_FALLBACK, errors="replace")
+	return clean_text(text)
 
 
 def _surrogate_text(text: str) -> str:
@@ -646,7 +660,9 @@ def extension_for(content_type: str) -> str:
 	if content_type in _EXTENSIONS:
 		return _EXTENSIONS[content_type]
 	guessed = _MIME_TYPES.guess_extension(content_type, strict=False)
-	return guessed or ".bin"
+	if guessed:
+		return guessed
+	return ".txt" if content_type.startswith("text/") else ".bin"
 
 
 def _truncate_utf8(text: str, limit: int) -> str:
@@ -766,6 +782,28 @@ def _flatten(part: Message, linesep: str) -> bytes:
 	return "".join(out).encode("utf-8", "surrogateescape")
 
 
+_BOUNDARY_LINE = re.compile(r"^--([^\s\"]{1,200}?)(--)?[ \t]*\r?$", re.MULTILINE)
+
+
+def _recover_multipart(body: str, content_type: str, linesep: str) -> Message | None:
+	"""Re-read a multipart whose boundary was missing or wrong, using the first boundary-like line of
+	its body ("--something" followed later by "--something" again). None when there is no such line."""
+	match = _BOUNDARY_LINE.search(body, 0, 65536)
+	if match is None:
+		return None
+	boundary = match.group(1)
+	if body.count(f"--{boundary}") < 2:
+		return None
+	header = f'Content-Type: {content_type}; boundary="{boundary}"{linesep}{linesep}'
+	rebuilt = (header + body).encode("utf-8", "surrogateescape")
+	try:
+		recovered = _PARSER.parsebytes(rebuilt)
+	except RecursionError:
+		return None
+	payload = recovered.get_payload()
+	return recovered if isinstance(payload, list) and payload else None
+
+
 def _transfer_encoding(part: Message) -> str:
 	"""Return the part's Content-Transfer-Encoding as one lower-case token ("base64;" -> "base64")."""
 	value = part.get("content-transfer-encoding")
@@ -813,10 +851,16 @@ def _safe_call(function: Callable[[], object], default: object) -> object:
 	return default if result is None else result
 
 
+_MIME_TYPE = re.compile(r"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+)")
+
+
 def _content_type(part: Message) -> str:
-	"""Return the part's content type, lower-case, "text/plain" when missing or garbage."""
-	value = _safe_call(part.get_content_type, "text/plain")
-	return str(value).lower() if isinstance(value, str) and "/" in value else "text/plain"
+	"""Return the part's content type, lower-case; "text/plain" when missing or garbage."""
+	value = part.get("content-type")
+	if value is None:
+		value = _safe_call(part.get_content_type, "text/plain")
+	match = _MIME_TYPE.match(str(value))
+	return match.group(1).lower() if match else "text/plain"
 
 
 def _disposition(part: Message) -> str | None:
@@ -903,6 +947,13 @@ class _MessageReader:
 			content_type = _content_type(part)
 			self.part_types.append(content_type)
 			payload = part.get_payload()
+			if isinstance(payload, str) and content_type.startswith("multipart/"):
+				recovered = _recover_multipart(payload, content_type, self.linesep)
+				if recovered is not None:
+					_note(
+						self.defects, f"{where}: boundary recovered from the body of a broken {content_type}"
+					)
+					payload = recovered.get_payload()
 			if isinstance(payload, list) and content_type.startswith("multipart/"):
 				if depth >= MAX_DEPTH:
 					_note(self.defects, f"{where}: multipart nested deeper than {MAX_DEPTH} levels, not read")
@@ -991,7 +1042,7 @@ class _MessageReader:
 		"""Record a leaf part as an attachment (empty unnamed parts are skipped)."""
 		data = _decode_payload(part, self.defects, where)
 		content_id = _content_id(part)
-		if not data and not filename:
+		if not data.strip() and not filename:
 			return
 		inline = disposition == "inline" or (disposition is None and content_id is not None)
 		self._append_attachment(filename, content_type, data, content_id, inline)
@@ -1021,6 +1072,8 @@ class _MessageReader:
 		enclosed = [child for child in payload if isinstance(child, Message)]
 		if content_type in ("message/delivery-status", "message/global-delivery-status"):
 			data = b"".join(_flatten(block, self.linesep) for block in enclosed)
+			if not data.strip():
+				return
 			self._append_attachment(_part_filename(part), content_type, data, _content_id(part), False)
 			return
 		if not enclosed:

@@ -306,7 +306,7 @@ def _evaluate_rule(rule: Rule, view: _MessageView, timeout: float) -> RuleTrace:
 	if match is None:
 		return _skipped(rule, f'invalid match mode "{rule.match}"')
 	rule_trace = RuleTrace(rule=rule.name, matched=match == "all", match=match)
-	for index, condition in enumerate(rule.conditions, start=1):
+	for index, condition in enumerate(rule.conditions or [], start=1):
 		result = _evaluate_condition(index, condition, rule.case_sensitive, view, timeout)
 		rule_trace.conditions.append(result)
 		if match == "all" and not result.matched:
@@ -322,7 +322,7 @@ def _apply_actions(rule: Rule, decision: Decision, rule_trace: RuleTrace) -> boo
 	"""Apply the actions of a matched rule to ``decision``; return True if it stops processing."""
 	stop = False
 	ignored = []
-	for index, action in enumerate(rule.actions, start=1):
+	for index, action in enumerate(rule.actions or [], start=1):
 		problem = _action_problem(action)
 		if problem:
 			ignored.append(f"action {index} ignored: {problem}")

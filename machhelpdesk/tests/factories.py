@@ -1,0 +1,162 @@
+"""Test factories and real-server fixtures for the bench tests (tier 2). One set, used by every test module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import frappe
+
+from machhelpdesk.testing.dovecot import Dovecot
+
+APP_ROOT = Path(__file__).resolve().parents[2]
+INTAKE_DOCTYPES = (
+	"MH Inbound Mail",
+	"MH Ticket",
+	"MH Processing Rule",
+	"MH Blocking Filter",
+	"MH IMAP Account",
+)
+
+
+def corpus_dir() -> Path | None:
+	"""The shared real-world corpus, from MH_CORPUS_DIR (default ../shared/corpus beside the checkout)."""
+	path = Path(os.environ.get("MH_CORPUS_DIR") or APP_ROOT.parent / "shared" / "corpus")
+	return path if path.is_dir() else None
+
+
+def reset_intake_data() -> None:
+	"""Delete every ticket, ledger row, rule, filter and account, with their threads and files; commit.
+
+	Intake commits per message, so its tests cannot rely on the test runner's rollback.
+	"""
+	tickets = frappe.get_all("MH Ticket", pluck="name")
+	if tickets:
+		for file in frappe.get_all("File", filters={"attached_to_doctype": "MH Ticket"}, pluck="name"):
+			frappe.delete_doc("File", file, force=True, ignore_permissions=True)
+		frappe.db.delete("Communication", {"reference_doctype": "MH Ticket"})
+		frappe.db.delete("Comment", {"reference_doctype": "MH Ticket"})
+		frappe.db.delete("ToDo", {"reference_type": "MH Ticket"})
+	for doctype in INTAKE_DOCTYPES:
+		frappe.db.delete(doctype)
+	frappe.db.delete("MH Rule Condition")
+	frappe.db.delete("MH Rule Action")
+	frappe.db.delete("Notification Log", {"document_type": "MH IMAP Account"})
+	frappe.db.commit()
+	frappe.clear_cache(doctype="MH Processing Rule")
+
+
+def make_account(dovecot: Dovecot, user: str, password: str, **values) -> frappe.model.document.Document:
+	"""An enabled MH IMAP Account reading ``user``'s INBOX on the test Dovecot over STARTTLS; committed."""
+	doc = frappe.get_doc(
+		{
+			"doctype": "MH IMAP Account",
+			"email_address": f"{user}@helpdesk.test",
+			"imap_server": dovecot.host,
+			"encryption": "STARTTLS",
+			"port": dovecot.port,
+			"allow_self_signed": 1,
+			"username": user,
+			"password": password,
+			"folder": "INBOX",
+			"move_parsed_email": 1,
+			"move_to_folder": "Parsed",
+			"default_department": "Support",
+			**values,
+		}
+	)
+	doc.insert(ignore_permissions=True)
+	frappe.db.commit()
+	return doc
+
+
+def make_ticket(subject: str = "Printer on fire", raised_by: str = "customer@example.com", **values):
+	"""A ticket inserted the way intake inserts them (not committed)."""
+	doc = frappe.get_doc({"doctype": "MH Ticket", "subject": subject, "raised_by": raised_by, **values})
+	doc.insert(ignore_permissions=True)
+	return doc
+
+
+def make_user(email: str, roles: tuple[str, ...] = (), user_type: str = "System User") -> str:
+	"""A user with these roles (created once)."""
+	if not frappe.db.exists("User", email):
+		frappe.get_doc(
+			{
+				"doctype": "User",
+				"email": email,
+				"first_name": email.split("@")[0],
+				"user_type": user_type,
+				"send_welcome_email": 0,
+				"roles": [{"role": role} for role in roles],
+			}
+		).insert(ignore_permissions=True)
+	else:
+		user = frappe.get_doc("User", email)
+		user.add_roles(*roles)
+	return email
+
+
+def make_message(
+	subject: str = "Help, the printer is on fire",
+	sender: str = "Carla Customer <carla@example.com>",
+	to: str = "support@helpdesk.test",
+	body: str = "It started this morning.\nPlease help.",
+	*,
+	message_id: str | None = None,
+	headers: dict[str, str] | None = None,
+	attachments: list[tuple[str, bytes, str]] = (),
+	date: datetime | None = None,
+) -> bytes:
+	"""A raw RFC 5322 message (bytes) built with the stdlib."""
+	msg = EmailMessage()
+	msg["From"] = sender
+	msg["To"] = to
+	msg["Subject"] = subject
+	msg["Date"] = format_datetime(date or datetime.now(timezone.utc))
+	msg["Message-ID"] = message_id or make_msgid(domain="example.com")
+	for name, value in (headers or {}).items():
+		msg[name] = value
+	msg.set_content(body)
+	for filename, content, content_type in attachments:
+		maintype, _, subtype = content_type.partition("/")
+		msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
+	return msg.as_bytes()
+
+
+def bench_command(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+	"""Run ``bench --site <this site> ARGS`` in a separate process (a real second worker)."""
+	sites_path = os.path.abspath(frappe.local.sites_path)
+	return subprocess.run(
+		[sys.executable, "-m", "frappe.utils.bench_helper", "frappe", "--site", frappe.local.site, *args],
+		cwd=sites_path,
+		env={**os.environ, **(env or {})},
+		capture_output=True,
+		text=True,
+		timeout=timeout,
+		check=False,
+	)
+
+
+def ledger(account: str) -> list[frappe._dict]:
+	"""The account's ledger rows, oldest first."""
+	return frappe.get_all(
+		"MH Inbound Mail",
+		filters={"imap_account": account},
+		fields=[
+			"name",
+			"state",
+			"server_action",
+			"ticket",
+			"uid",
+			"message_key",
+			"reason",
+			"attempts",
+			"subject",
+		],
+		order_by="creation asc",
+	)
