@@ -788,7 +788,7 @@ def add_reply(account, row, parsed: ParsedMessage, plan: Plan) -> None:
 	customer = parsed.sender.email in participants(ticket.raised_by, ticket.cc)
 	if decision.status:
 		ticket.status = decision.status
-	elif customer and ticket.status_category != "Open":
+	elif customer and frappe.db.get_value("MH Ticket Status", ticket.status, "category") != "Open":
 		ticket.status = default_status("Open")  # the customer answered: the ball is in the agents' court
 	if decision.department:
 		ticket.department = decision.department
@@ -835,7 +835,7 @@ def add_communication(ticket: str, parsed: ParsedMessage, row, contact: str | No
 			"reference_doctype": "MH Ticket",
 			"reference_name": ticket,
 			"message_id": (parsed.message_id or "").strip("<>")[:995],
-			"in_reply_to": ", ".join(parsed.in_reply_to)[:140] or None,
+			"in_reply_to": communication_answered(parsed),
 			"communication_date": row.received_at,
 			"has_attachment": 1 if any(not a.inline for a in parsed.attachments) else 0,
 			"seen": 0,
@@ -845,6 +845,14 @@ def add_communication(ticket: str, parsed: ParsedMessage, row, contact: str | No
 		communication.add_link("Contact", contact)
 	communication.insert(ignore_permissions=True)
 	return communication.name
+
+
+def communication_answered(parsed: ParsedMessage) -> str | None:
+	"""The Communication this message answers (Communication.in_reply_to links to one), if we have it."""
+	ids = [m.strip("<>") for m in parsed.in_reply_to[:5]]
+	if not ids:
+		return None
+	return frappe.db.get_value("Communication", {"message_id": ("in", ids), "reference_doctype": "MH Ticket"})
 
 
 def message_html(parsed: ParsedMessage) -> str:

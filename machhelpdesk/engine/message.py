@@ -757,7 +757,7 @@ def _flatten(part: Message, linesep: str) -> bytes:
 		for name, value in item.raw_items():
 			out.append(f"{name}: {value}{linesep}")
 		out.append(linesep)
-		payload = item.get_payload()
+		payload = _raw_payload(item)
 		if isinstance(payload, list):
 			children = [child for child in payload if isinstance(child, Message)]
 			if item.get_content_maintype() == "multipart":
@@ -800,7 +800,7 @@ def _recover_multipart(body: str, content_type: str, linesep: str) -> Message | 
 		recovered = _PARSER.parsebytes(rebuilt)
 	except RecursionError:
 		return None
-	payload = recovered.get_payload()
+	payload = _raw_payload(recovered)
 	return recovered if isinstance(payload, list) and payload else None
 
 
@@ -813,15 +813,25 @@ def _transfer_encoding(part: Message) -> str:
 	return token.strip("\"'")
 
 
+def _raw_payload(part: Message) -> object:
+	"""Return the part's payload exactly as parsed: a list of parts, or a str holding the raw bytes.
+
+	`Message.get_payload()` re-decodes raw 8-bit bytes with the declared charset (replacing what does not
+	fit), which destroys exactly the bodies whose charset lies; the stdlib's own generators read
+	`_payload` for the same reason.
+	"""
+	return getattr(part, "_payload", None)
+
+
 def _decode_payload(part: Message, defects: list[str], where: str) -> bytes:
 	"""Return the decoded body bytes of a leaf part (base64/quoted-printable/uuencode, leniently)."""
-	payload = part.get_payload()
-	if isinstance(payload, list):
-		return b""
+	payload = _raw_payload(part)
 	if isinstance(payload, bytes):
 		raw = payload
+	elif isinstance(payload, str):
+		raw = payload.encode("utf-8", "surrogateescape")
 	else:
-		raw = (payload or "").encode("utf-8", "surrogateescape")
+		return b""
 	encoding = _transfer_encoding(part)
 	if encoding == "base64":
 		decoded = _decode_b(raw)
@@ -946,14 +956,14 @@ class _MessageReader:
 			self._record_stdlib_defects(part, where)
 			content_type = _content_type(part)
 			self.part_types.append(content_type)
-			payload = part.get_payload()
+			payload = _raw_payload(part)
 			if isinstance(payload, str) and content_type.startswith("multipart/"):
 				recovered = _recover_multipart(payload, content_type, self.linesep)
 				if recovered is not None:
 					_note(
 						self.defects, f"{where}: boundary recovered from the body of a broken {content_type}"
 					)
-					payload = recovered.get_payload()
+					payload = _raw_payload(recovered)
 			if isinstance(payload, list) and content_type.startswith("multipart/"):
 				if depth >= MAX_DEPTH:
 					_note(self.defects, f"{where}: multipart nested deeper than {MAX_DEPTH} levels, not read")
@@ -1247,7 +1257,7 @@ def _parse(raw: bytes, max_attachment_size: int | None) -> ParsedMessage:
 def _sanitize_for_display(html: str, defects: list[str]) -> str:
 	"""Sanitize the HTML body; on a failure of the HTML tools, fall back to escaped text."""
 	try:
-		return clean_text(sanitize_html(html))
+		return clean_text(sanitize_html(html)).strip()
 	except Exception as exc:
 		_note(defects, f"HTML body could not be sanitized ({type(exc).__name__}); shown as text")
 		return "<pre>" + nh3.clean_text(html) + "</pre>"

@@ -110,7 +110,7 @@ class MHIMAPAccount(Document):
 				"doctype": "MH Processing Rule",
 				"rule_name": "Default Rule #1",
 				"imap_account": self.name,
-				"sequence": 1000,
+				"sequence": 0,  # first, so that later rules can override its department
 				"match": "All",
 				"actions": [{"action": "Forward to Department", "department": self.default_department}],
 			}
