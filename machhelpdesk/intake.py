@@ -428,10 +428,13 @@ class MailboxPull:
 		try:
 			plan = plan_message(self.account, parsed)
 			persist(self.account, row, parsed, plan)
-			self.finish(row, plan)
 		except Exception:
 			frappe.db.rollback()
 			self.fail(row, traceback.format_exc())
+			return
+		# Outside the try: once the outcome is committed, a dropped IMAP link must not turn it into a
+		# failure. It ends the pull instead, and the row stays Pending for the next one to move.
+		self.finish(row, plan)
 
 	def finish(self, row, plan: Plan) -> None:
 		"""Commit the outcome with everything it created, then act on the server."""

@@ -319,7 +319,7 @@ class TestFailures(IntakeTestCase):
 		account.password = "wrong-password"
 		account.save()
 		frappe.db.commit()
-		for attempt in range(5):
+		for _attempt in range(5):
 			summary = pull_account(self.account.name)
 			self.assertIn("password", summary["error"].lower(), summary["text"])
 		account.reload()
