@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 import frappe
 from frappe import _
-from frappe.utils import add_days, cint, escape_html, get_datetime, now_datetime
+from frappe.utils import add_days, cint, escape_html, get_datetime, now_datetime, validate_email_address
 
 from machhelpdesk.engine import imap as transport
 from machhelpdesk.engine.loops import Automation, bounced_message_ids, classify_automation
@@ -742,7 +742,9 @@ def persist(account, row, parsed: ParsedMessage, plan: Plan) -> None:
 
 def create_ticket(account, row, parsed: ParsedMessage, plan: Plan) -> str:
 	sender = parsed.sender
-	contact = contact_for(sender.email) or (ensure_contact(sender) if plan.create_contact else None)
+	contact = contact_for(sender.email)
+	if not contact and plan.create_contact and validate_email_address(sender.email):
+		contact = ensure_contact(sender)
 	decision = plan.decision or Decision()
 	received = get_datetime(row.received_at)
 	ticket = frappe.get_doc(
@@ -829,10 +831,14 @@ def add_communication(ticket: str, parsed: ParsedMessage, row, contact: str | No
 			"sent_or_received": "Received",
 			"email_status": "Open",
 			"subject": (parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH],
-			"sender": parsed.sender.email,
-			"sender_full_name": (parsed.sender.name or parsed.sender.email)[:140],
-			"recipients": ", ".join(a.email for a in parsed.to)[:5000],
-			"cc": ", ".join(a.email for a in parsed.cc)[:5000],
+			# Communication only takes addresses Frappe's validator accepts (no IDN, no bare host);
+			# the ticket and the ledger keep the true ones.
+			"sender": parsed.sender.email if validate_email_address(parsed.sender.email) else None,
+			"sender_full_name": (parsed.sender.name or parsed.sender.email)[:140]
+			if validate_email_address(parsed.sender.email)
+			else f"{parsed.sender.name} <{parsed.sender.email}>".strip()[:140],
+			"recipients": frappe_addresses(parsed.to),
+			"cc": frappe_addresses(parsed.cc),
 			"content": content,
 			"text_content": parsed.text[:100000],
 			"reference_doctype": "MH Ticket",
@@ -846,8 +852,14 @@ def add_communication(ticket: str, parsed: ParsedMessage, row, contact: str | No
 	)
 	if contact:
 		communication.add_link("Contact", contact)
+	# Frappe's own intake flag: addresses in received mail are facts, not form input to validate.
+	communication.flags.in_receive = True
 	communication.insert(ignore_permissions=True)
 	return communication.name
+
+
+def frappe_addresses(addresses) -> str:
+	return ", ".join(a.email for a in addresses if validate_email_address(a.email))[:5000]
 
 
 def communication_answered(parsed: ParsedMessage) -> str | None:
@@ -869,34 +881,66 @@ def message_html(parsed: ParsedMessage) -> str:
 
 
 def save_attachments(ticket: str, parsed: ParsedMessage) -> tuple[list[str], str]:
-	"""Store attachments as private files on the ticket; list the ones over the size limit instead.
+	"""Store attachments as private files on the ticket; list the ones that could not be stored.
 
 	Returns notes for the ticket and the message's HTML for the thread, with inline ``cid:``
 	images pointing at their stored files.
 	"""
 	html = message_html(parsed)
-	skipped = []
+	oversized, unreadable, empty = [], [], []
 	for attachment in parsed.attachments:
 		if attachment.oversized:
-			skipped.append(f"{attachment.filename} ({human_size(attachment.size)})")
+			oversized.append(f"{attachment.filename} ({human_size(attachment.size)})")
 			continue
-		file = frappe.get_doc(
-			{
-				"doctype": "File",
-				"file_name": attachment.filename,
-				"attached_to_doctype": "MH Ticket",
-				"attached_to_name": ticket,
-				"is_private": 1,
-				"content": attachment.content,
-			}
-		)
-		file.save(ignore_permissions=True)
+		if not attachment.content:
+			empty.append(attachment.filename)
+			continue
+		file_url, renamed = store_attachment(ticket, attachment.filename, attachment.content)
+		if not file_url:
+			unreadable.append(attachment.filename)
+			continue
+		if renamed:
+			unreadable.append(_("{0} (stored as {1})").format(attachment.filename, renamed))
 		if attachment.content_id:
-			html = html.replace(f"cid:{attachment.content_id}", file.file_url)
+			html = html.replace(f"cid:{attachment.content_id}", file_url)
 	notes = []
-	if skipped:
-		notes.append(_("Attachments over the size limit were not stored: {0}").format(", ".join(skipped)))
+	if oversized:
+		notes.append(_("Attachments over the size limit were not stored: {0}").format(", ".join(oversized)))
+	if unreadable:
+		notes.append(
+			_(
+				"Attachments that Frappe could not read as their type: {0}. The raw message keeps them."
+			).format(", ".join(unreadable))
+		)
+	if empty:
+		notes.append(_("Empty attachments, nothing to store: {0}").format(", ".join(empty)))
 	return notes, html
+
+
+def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | None, str | None]:
+	"""Save one private file on the ticket. Returns (file URL, new name if it had to be renamed).
+
+	Frappe re-encodes images to strip EXIF data and refuses an image it cannot decode; such a file
+	is kept as opaque bytes under a ``.bin`` name instead of failing the whole message.
+	"""
+	for name in (filename, f"{filename}.bin"):
+		frappe.db.savepoint("mh_attachment")
+		try:
+			file = frappe.get_doc(
+				{
+					"doctype": "File",
+					"file_name": name,
+					"attached_to_doctype": "MH Ticket",
+					"attached_to_name": ticket,
+					"is_private": 1,
+					"content": content,
+				}
+			)
+			file.save(ignore_permissions=True)
+			return file.file_url, (name if name != filename else None)
+		except Exception:
+			frappe.db.rollback(save_point="mh_attachment")
+	return None, None
 
 
 def human_size(size: int) -> str:
@@ -918,7 +962,9 @@ def assign(ticket: str, user: str) -> None:
 def ensure_contact(sender) -> str:
 	"""A Contact and Website User for a new sender, with the customer role and no welcome mail."""
 	user = frappe.db.get_value("User", sender.email)
-	if not user:
+	if not user and user_creation_throttled():
+		user = None  # a flood of new senders: the contact is made now, the account when they register
+	elif not user:
 		first_name = (sender.name or sender.email.split("@")[0])[:100]
 		user_doc = frappe.get_doc(
 			{
@@ -944,6 +990,11 @@ def ensure_contact(sender) -> str:
 	)
 	contact.insert(ignore_permissions=True)
 	return contact.name
+
+
+def user_creation_throttled() -> bool:
+	"""Frappe refuses more than ``throttle_user_limit`` new users a minute; check first instead of failing."""
+	return frappe.db.get_creation_count("User", 60) >= cint(frappe.local.conf.get("throttle_user_limit", 60))
 
 
 def count_rule_hits(decision: Decision) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import mimetypes
 import quopri
 import re
+import secrets
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 from email.utils import getaddresses, parsedate_to_datetime
+from html import escape as escape_html
 
 import html2text
 import nh3
@@ -53,13 +55,16 @@ MAX_HEADER_VALUE = 64 * 1024  # characters kept per header value
 MAX_MIME_HEADER_VALUE = 8 * 1024  # characters of Content-* values given to the stdlib parameter parser
 MAX_ADDRESS_HEADER = 256 * 1024  # characters of an address header that are parsed
 MAX_ADDRESSES = 1000  # addresses kept per header
+MAX_COMMENTS = 64  # "(" in an address header before comments are dropped unparsed
 MAX_SUBJECT = 998  # RFC 5322 line limit
 MAX_NAME = 256  # characters of a display name
 MAX_MESSAGE_IDS = 200  # ids kept from References / In-Reply-To
 MAX_MESSAGE_ID = 900  # characters of one message id
 MAX_FILENAME_BYTES = 180  # UTF-8 bytes of an attachment file name
 MAX_DEFECTS = 200  # defect notes kept
-MAX_HTML_CHARS = 4 * 1024 * 1024  # characters of one HTML body that are sanitized and converted
+MAX_HTML_CHARS = 4 * 1024 * 1024  # characters of HTML that are sanitized
+MAX_HTML_TEXT_CHARS = 1024 * 1024  # characters of sanitized HTML converted to text (html2text: ~1 s/MB)
+MAX_HTML_DEPTH = 1000  # element nesting kept in HTML
 
 
 class MessageParseError(ValueError):
@@ -270,8 +275,13 @@ _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 
 
-def _decode_b(text: bytes) -> bytes | None:
-	"""Decode base64 leniently (missing padding, stray characters); None if nothing sensible is left."""
+def _decode_b(text: bytes, *, strict: bool = False) -> bytes | None:
+	"""Decode base64 leniently (missing padding, stray characters); None if nothing sensible is left.
+
+	With `strict` (RFC 2047 words), text with characters outside the base64 alphabet is not base64.
+	"""
+	if strict and _BASE64_JUNK.search(text.rstrip(b"=")):
+		return None
 	data = _BASE64_JUNK.sub(b"", text.split(b"=", 1)[0])
 	data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
 	data += b"=" * (-len(data) % 4)
@@ -312,7 +322,7 @@ def decode_header_value(value: str) -> str:
 	for match in _ENCODED_WORD.finditer(value):
 		charset, encoding, payload = match.group(1), match.group(2).lower(), match.group(3)
 		raw_payload = payload.encode("utf-8", "surrogateescape")
-		decoded = _decode_b(raw_payload) if encoding == "b" else _decode_q(raw_payload)
+		decoded = _decode_b(raw_payload, strict=True) if encoding == "b" else _decode_q(raw_payload)
 		between = value[position : match.start()]
 		if decoded is None:
 			continue  # left in place: it becomes part of the literal text before the next word
@@ -429,6 +439,31 @@ def _clean_address(email: str) -> str | None:
 	return email
 
 
+def _drop_comments(value: str) -> str:
+	"""Remove RFC 5322 comments, however deeply nested, outside quoted strings. Linear."""
+	kept: list[str] = []
+	depth = 0
+	quoted = escaped = False
+	for char in value:
+		if escaped:
+			escaped = False
+		elif char == "\\":
+			escaped = True
+		elif quoted:
+			quoted = char != '"'
+		elif char == '"' and depth == 0:
+			quoted = True
+		elif char == "(":
+			depth += 1
+			continue
+		elif char == ")" and depth:
+			depth -= 1
+			continue
+		if depth == 0:
+			kept.append(char)
+	return "".join(kept)
+
+
 def parse_address_header(
 	values: list[str], defects: list[str] | None = None, label: str = ""
 ) -> list[Address]:
@@ -443,6 +478,10 @@ def parse_address_header(
 	if len(joined) > MAX_ADDRESS_HEADER:
 		joined = joined[:MAX_ADDRESS_HEADER]
 		_note(defects, f"{label}: header longer than {MAX_ADDRESS_HEADER} characters, rest ignored")
+	if joined.count("(") > MAX_COMMENTS:
+		# the address parser recurses once per nested comment
+		joined = _drop_comments(joined)
+		_note(defects, f"{label}: more than {MAX_COMMENTS} comments, comments ignored")
 	try:
 		pairs = getaddresses([joined])
 	except Exception as exc:  # the legacy parser is lenient, but a crash here must not lose the message
@@ -494,7 +533,7 @@ _TABLE_ATTRIBUTES = frozenset(
 _ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
 	"*": set(_GENERIC_ATTRIBUTES),
 	"a": {"href"},
-	"img": {"src", "alt", "width", "height", "border", "data-remote-src"},
+	"img": {"src", "alt", "width", "height", "border"},
 	"table": set(_TABLE_ATTRIBUTES),
 	"td": set(_TABLE_ATTRIBUTES),
 	"th": set(_TABLE_ATTRIBUTES),
@@ -529,68 +568,103 @@ _LINK_SCHEMES = ("http:", "https:", "mailto:", "tel:")
 _REMOTE_SCHEMES = ("http:", "https:")
 _INLINE_IMAGE = re.compile(r"data:image/(png|gif|jpe?g|webp|bmp);base64,", re.IGNORECASE)
 
-
-def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
-	"""Keep only URLs that are safe where they appear: links to the web/mail/phone, images from cid: or
-	inline data, and remote image URLs parked in data-remote-src (never loaded by the browser)."""
-	if attribute == "href":
-		return value if value.strip().lower().startswith(_LINK_SCHEMES) else None
-	if attribute == "src":
-		url = value.strip()
-		if tag == "img" and (url.lower().startswith("cid:") or _INLINE_IMAGE.match(url)):
-			return url
-		return None
-	if attribute == "data-remote-src":
-		return value if value.strip().lower().startswith(_REMOTE_SCHEMES) else None
-	return value
+# Elements html5ever never nests into each other by repetition (void, or implicitly closed by a sibling).
+_FLAT_ELEMENTS = frozenset(
+	{
+		"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr",
+		"p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody", "tfoot", "colgroup",
+		"caption", "rt", "rp", "html", "head", "body",
+	}
+)  # fmt: skip
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]{0,40})[^<>]{0,4096}>")
 
 
-_CLEANER = nh3.Cleaner(
-	tags=set(_ALLOWED_TAGS),
-	clean_content_tags=set(_CONTENT_DROPPED_TAGS),
-	attributes=_ALLOWED_ATTRIBUTES,
-	attribute_filter=_filter_attribute,
-	strip_comments=True,
-	link_rel="noopener noreferrer nofollow",
-	set_tag_attribute_values={"a": {"target": "_blank"}},
-	url_schemes={"http", "https", "mailto", "tel", "cid", "data"},
-	url_relative="deny",
-	filter_style_properties=set(_ALLOWED_STYLE_PROPERTIES),
-)
-_IMG_TAG = re.compile(r"<img\b", re.IGNORECASE)
+def _limit_nesting(html: str, limit: int = MAX_HTML_DEPTH) -> str:
+	"""Drop start and end tags nested deeper than `limit` (their text stays).
 
-
-def _park_remote_images(html: str) -> str:
-	"""Move http(s) image URLs from src to data-remote-src, so that showing the mail loads nothing remote.
-
-	A "load images" button can later copy data-remote-src back into src. Protocol-relative URLs become https.
+	The sanitizer's cost grows with the square of the element depth (100,000 nested <div> take 17 s);
+	real mail stays far below the limit, so this changes nothing but hostile input. Linear.
 	"""
-	if not _IMG_TAG.search(html):
+	if html.count("<") <= limit:
 		return html
-	soup = BeautifulSoup(html, "html.parser")
-	for img in soup.find_all("img"):
-		src = img.get("src")
-		if isinstance(src, list):
-			src = " ".join(src)
-		if not src:
-			continue
-		url = src.strip()
-		if url.startswith("//"):
-			url = "https:" + url
-		if url.lower().startswith(_REMOTE_SCHEMES):
-			img["data-remote-src"] = url
-			del img["src"]
-	return str(soup)
+	depth = 0
+
+	def keep_or_drop(match: re.Match[str]) -> str:
+		nonlocal depth
+		name = match.group(2).lower()
+		if name in _FLAT_ELEMENTS or match.group(0).endswith("/>"):
+			return match.group(0)
+		if match.group(1):
+			depth = max(depth - 1, 0)
+			return "" if depth >= limit else match.group(0)
+		depth += 1
+		return "" if depth > limit else match.group(0)
+
+	return _TAG.sub(keep_or_drop, html)
+
+
+def _protocol_relative(url: str) -> str | None:
+	"""Turn a protocol-relative URL ("//cdn.example/x.png") into https; drop any other relative URL."""
+	return "https:" + url if url.startswith("//") else None
 
 
 def sanitize_html(html: str) -> str:
 	"""Return `html` made safe to show inside the desk: allow-listed tags and attributes only.
 
 	Scripts, styles, frames, objects, forms, event handlers and javascript: URLs are removed; links open in
-	a new tab with rel="noopener noreferrer nofollow"; remote images are parked in data-remote-src; cid: and
-	inline data:image sources stay.
+	a new tab with rel="noopener noreferrer nofollow". Remote images are not loaded: their http(s) URL
+	moves from src to data-remote-src (a "load images" button can copy it back). cid: and inline
+	data:image sources stay in src.
+
+	The move happens inside the sanitizer's single parse: its attribute filter swaps each remote src for
+	a placeholder carrying a per-call random nonce, and the placeholders in its output are then replaced,
+	so no second HTML parser (whose reading could differ) ever sees the markup.
 	"""
-	return _CLEANER.clean(_park_remote_images(html))
+	nonce = secrets.token_hex(8)
+	remote: list[str] = []
+
+	def filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+		"""Keep only URLs that are safe where they appear; park remote image URLs."""
+		# Called before url_relative rewrites "//host/..." (and after javascript: etc. were dropped).
+		url = value.strip()
+		if url.startswith("//"):
+			url = "https:" + url
+		if attribute == "href":
+			return url if url.lower().startswith(_LINK_SCHEMES) else None
+		if attribute != "src":
+			return value
+		if tag != "img":
+			return None
+		if url.lower().startswith("cid:") or _INLINE_IMAGE.match(url):
+			return url
+		if url.lower().startswith(_REMOTE_SCHEMES):
+			remote.append(url)
+			return f"cid:{nonce}-{len(remote) - 1}"
+		return None
+
+	cleaner = nh3.Cleaner(
+		tags=set(_ALLOWED_TAGS),
+		clean_content_tags=set(_CONTENT_DROPPED_TAGS),
+		attributes=_ALLOWED_ATTRIBUTES,
+		attribute_filter=filter_attribute,
+		strip_comments=True,
+		link_rel="noopener noreferrer nofollow",
+		set_tag_attribute_values={"a": {"target": "_blank"}},
+		url_schemes={"http", "https", "mailto", "tel", "cid", "data"},
+		url_relative=_protocol_relative,
+		filter_style_properties=set(_ALLOWED_STYLE_PROPERTIES),
+	)
+	cleaned = cleaner.clean(_limit_nesting(html))
+	if not remote:
+		return cleaned
+
+	def park(match: re.Match[str]) -> str:
+		index = int(match.group(1))
+		if index >= len(remote):
+			return ""
+		return f'data-remote-src="{escape_html(remote[index], quote=True)}"'
+
+	return re.sub(rf'src="cid:{nonce}-([0-9]+)"', park, cleaned)
 
 
 def html_to_text(html: str) -> str:
@@ -923,6 +997,12 @@ class _Bodies:
 		self.html.extend(other.html)
 
 
+def _child_label(where: str, index: int) -> str:
+	"""Return the IMAP-style number of a child part ("1.2.3"), shortened when nesting is deep."""
+	label = f"{where}.{index}"
+	return label if len(label) <= 48 else "…" + label[-47:]
+
+
 class _MessageReader:
 	"""Reads one parsed message: walks its parts once, collecting bodies, attachments and defects."""
 
@@ -989,10 +1069,10 @@ class _MessageReader:
 		if content_type != "multipart/alternative":
 			bodies = _Bodies()
 			for index, child in enumerate(parts, 1):
-				bodies.extend(self._visit(child, f"{where}.{index}", depth + 1, in_alternative=False))
+				bodies.extend(self._visit(child, _child_label(where, index), depth + 1, in_alternative=False))
 			return bodies
 		rendered = [
-			self._visit(child, f"{where}.{index}", depth + 1, in_alternative=True)
+			self._visit(child, _child_label(where, index), depth + 1, in_alternative=True)
 			for index, child in enumerate(parts, 1)
 		]
 		chosen = _Bodies()
@@ -1248,7 +1328,13 @@ def _parse(raw: bytes, max_attachment_size: int | None) -> ParsedMessage:
 		parsed.html = _sanitize_for_display(html, defects)
 	plain = "\n\n".join(fragment for fragment in bodies.plain if fragment.strip())
 	if not plain.strip() and parsed.html is not None:
-		plain = _html_text(parsed.html, defects)
+		source = parsed.html
+		if len(source) > MAX_HTML_TEXT_CHARS:
+			_note(
+				defects, f"HTML body longer than {MAX_HTML_TEXT_CHARS} characters, text made from the start"
+			)
+			source = source[:MAX_HTML_TEXT_CHARS]
+		plain = _html_text(source, defects)
 	parsed.text = _body_text(plain).strip("\n")
 	parsed.defects = defects
 	return parsed

@@ -114,9 +114,9 @@ _REPLY_WORDS = (
 	"答复",
 	"转发",
 )
-# "Re:", "RE :", "Re[2]:", "Re(3):", "AW" with a full-width colon (U+FF1A), possibly repeated.
+# One "Re:", "RE :", "Re[2]:", "Re(3):" or "AW" with a full-width colon (U+FF1A); use with .match().
 _REPLY_PREFIX = re.compile(
-	r"^\s*(?:"
+	r"\s*(?:"
 	+ "|".join(re.escape(word) for word in _REPLY_WORDS)
 	+ r")\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]\s*",
 	re.IGNORECASE,
@@ -150,10 +150,10 @@ def strip_reply_prefixes(subject: str) -> str:
 	without "[#...]" ticket tags anywhere, whitespace collapsed. For display and subject matching."""
 	text = _TICKET_TAG.sub(" ", subject or "")
 	while True:
-		stripped = _REPLY_PREFIX.sub("", text, count=1)
-		if stripped == text:
+		match = _REPLY_PREFIX.match(text)
+		if match is None or not match.group(0):
 			break
-		text = stripped
+		text = text[match.end() :]
 	return " ".join(text.split())
 
 

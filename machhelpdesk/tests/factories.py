@@ -47,6 +47,29 @@ def reset_intake_data() -> None:
 	frappe.db.delete("MH Rule Condition")
 	frappe.db.delete("MH Rule Action")
 	frappe.db.delete("Notification Log", {"document_type": "MH IMAP Account"})
+	# Senders' contacts and the website users intake made for them.
+	customers = frappe.get_all(
+		"Has Role", filters={"role": "MH Customer", "parenttype": "User"}, pluck="parent"
+	)
+	website_users = frappe.get_all(
+		"User", filters={"name": ("in", customers), "user_type": "Website User"}, pluck="name"
+	)
+	contacts = (
+		frappe.get_all("Contact", filters={"user": ("in", website_users)}, pluck="name")
+		if website_users
+		else []
+	)
+	contacts += frappe.get_all(
+		"Contact Email", filters={"email_id": ("like", "%@example.com")}, pluck="parent"
+	)
+	for table, field, values in (
+		("Contact Email", "parent", contacts),
+		("Contact", "name", contacts),
+		("Has Role", "parent", website_users),
+		("User", "name", website_users),
+	):
+		if values:
+			frappe.db.delete(table, {field: ("in", values)})
 	frappe.db.commit()
 	frappe.clear_cache(doctype="MH Processing Rule")
 
