@@ -219,7 +219,7 @@ def record_pull_error(doc, error: transport.IMAPError) -> None:
 			values["enabled"] = 0
 			notify_managers_of_disabled_account(doc, error)
 	frappe.db.set_value("MH IMAP Account", doc.name, values, update_modified=False)
-	frappe.db.commit()
+	frappe.db.commit()  # the failure count must survive the job, which ends here
 
 
 def notify_managers_of_disabled_account(doc, error: Exception) -> None:

@@ -96,7 +96,9 @@ def test_unparsable_date_is_none_with_a_defect() -> None:
 
 def test_group_addresses_yield_their_members(fixtures_dir: Path) -> None:
 	msg = load(fixtures_dir, "group-address.eml")
+	assert msg.first_header("To") == "undisclosed-recipients:; (no To-header on input)"
 	assert msg.to == []
+	assert msg.defects == []
 	assert [address.email for address in msg.cc] == ["kim@customer.example", "lee@customer.example"]
 	assert msg.cc[1].name == "Lee, L."
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from machhelpdesk.engine.message import ParsedMessage, normalize_message_id
 
-__all__ = ["Automation", "bounced_message_ids", "classify_automation"]
+__all__ = ["KINDS", "Automation", "bounced_message_ids", "classify_automation"]
 
 KINDS = ("none", "auto-reply", "bounce", "list", "bulk")
 
@@ -74,6 +74,7 @@ _AUTO_REPLY_SUBJECT = re.compile(
 
 def _first_token(value: str) -> str:
 	"""Return the first word of a header value with comments removed, lower-case ("No (x)" -> "no")."""
+	value = value[:256]  # the keyword comes first; the bound keeps nested-comment removal cheap
 	while True:
 		stripped = _COMMENT.sub(" ", value)
 		if stripped == value:

@@ -154,8 +154,8 @@ _CHARSET_ALIASES: dict[str, str | None] = {
 	"x-mac-ukrainian": "mac_cyrillic",
 	"x-mac-roman": "mac_roman",
 	"macintosh": "mac_roman",
-	"x-sjis": "shift_jis",
-	"sjis": "shift_jis",
+	"x-sjis": "cp932",
+	"sjis": "cp932",
 	"shift-jis": "cp932",
 	"shift_jis": "cp932",
 	"windows-31j": "cp932",
@@ -270,7 +270,8 @@ def _surrogate_text(text: str) -> str:
 	return decode_bytes(text.encode("utf-8", "surrogateescape"))
 
 
-_ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([bBqQ])\?(\S*?)\?=")
+# RFC 2047 allows 75 characters per word; real mail stretches that, but a bound keeps the search linear.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,64})\?([bBqQ])\?(\S{0,2000}?)\?=")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 
@@ -490,8 +491,8 @@ def parse_address_header(
 	addresses: list[Address] = []
 	dropped = 0
 	for name, email in pairs:
-		if not name and not email:
-			continue
+		if not email.strip():
+			continue  # an empty group ("undisclosed-recipients:;") or a stray comment
 		address = _clean_address(email)
 		if address is None:
 			dropped += 1
@@ -791,8 +792,7 @@ class _PlainHeaderPolicy(EmailPolicy):
 
 
 _POLICY = _PlainHeaderPolicy()
-_PARSER = BytesParser(policy=_POLICY)
-_HEADER_PARSER = BytesParser(policy=_POLICY)
+_PARSER = BytesParser(policy=_POLICY)  # stateless between calls: each parse makes its own FeedParser
 
 
 def _note(defects: list[str] | None, text: str) -> None:
@@ -1006,11 +1006,13 @@ def _child_label(where: str, index: int) -> str:
 class _MessageReader:
 	"""Reads one parsed message: walks its parts once, collecting bodies, attachments and defects."""
 
-	def __init__(self, root: Message, linesep: str, max_attachment_size: int | None) -> None:
+	def __init__(
+		self, root: Message, linesep: str, max_attachment_size: int | None, defects: list[str]
+	) -> None:
 		self.root = root
 		self.linesep = linesep
 		self.max_attachment_size = max_attachment_size
-		self.defects: list[str] = []
+		self.defects = defects
 		self.attachments: list[Attachment] = []
 		self.enclosed_ids: list[str] = []
 		self.part_types: list[str] = []
@@ -1175,7 +1177,7 @@ class _MessageReader:
 			_note(self.defects, f"{where}: {content_type} with a transfer encoding, decoded")
 			decoded = _decode_b(data) if _transfer_encoding(part) == "base64" else quopri.decodestring(data)
 			data = decoded or data
-			headers = _safe_call(lambda: _HEADER_PARSER.parsebytes(data, headersonly=True), None)
+			headers = _safe_call(lambda: _PARSER.parsebytes(data, headersonly=True), None)
 			message_id = headers.get("message-id") if isinstance(headers, Message) else None
 			subject = headers.get("subject") if isinstance(headers, Message) else None
 		else:
@@ -1195,7 +1197,7 @@ class _MessageReader:
 	def _add_enclosed_headers(self, part: Message, where: str) -> None:
 		"""Remember the Message-ID of a text/rfc822-headers part (the headers of a bounced message)."""
 		data = _decode_payload(part, self.defects, where)
-		headers = _safe_call(lambda: _HEADER_PARSER.parsebytes(data, headersonly=True), None)
+		headers = _safe_call(lambda: _PARSER.parsebytes(data, headersonly=True), None)
 		if isinstance(headers, Message):
 			normalized = normalize_message_id(str(headers.get("message-id") or ""))
 			if normalized and normalized not in self.enclosed_ids:
@@ -1204,9 +1206,8 @@ class _MessageReader:
 	def _record_stdlib_defects(self, part: Message, where: str) -> None:
 		"""Turn the stdlib's defect objects on a part into readable notes."""
 		for defect in getattr(part, "defects", ()) or ():
-			detail = str(defect) or (type(defect).__doc__ or "").strip().splitlines()[0:1]
-			if isinstance(detail, list):
-				detail = detail[0] if detail else ""
+			doc_lines = (type(defect).__doc__ or "").strip().splitlines()
+			detail = str(defect) or (doc_lines[0] if doc_lines else "")
 			_note(self.defects, f"{where}: {type(defect).__name__}" + (f": {detail[:200]}" if detail else ""))
 
 
@@ -1285,6 +1286,7 @@ def _parse(raw: bytes, max_attachment_size: int | None) -> ParsedMessage:
 	defects: list[str] = []
 	data = raw
 	if data[:1] in (b"\r", b"\n", b" ", b"\t"):
+		# the stdlib would take the first empty line as the end of an empty header block
 		data = data.lstrip(b"\r\n \t")
 		_note(defects, "blank lines before the headers removed")
 	root = _parse_tree(data, defects)
@@ -1313,8 +1315,7 @@ def _parse(raw: bytes, max_attachment_size: int | None) -> ParsedMessage:
 	parsed.cc = parse_address_header(_raw_values(root, "Cc", MAX_ADDRESS_HEADER), defects, "Cc")
 	parsed.content_type = _content_type(root)
 
-	reader = _MessageReader(root, linesep, max_attachment_size)
-	reader.defects = defects
+	reader = _MessageReader(root, linesep, max_attachment_size, defects)
 	bodies = reader.read_bodies()
 	parsed.attachments = reader.attachments
 	parsed.enclosed_message_ids = reader.enclosed_ids

@@ -1,6 +1,8 @@
 # Copyright (c) 2026, MachHelpdesk contributors
 # License: MIT. See license.txt
 
+import frappe
+from frappe import _
 from frappe.model.document import Document
 
 
@@ -51,4 +53,11 @@ class MHInboundMail(Document):
 		uidvalidity: DF.Data | None
 	# end: auto-generated types
 
-	pass
+	@frappe.whitelist()
+	def reprocess(self) -> str:
+		"""Run a failed message again from its raw copy (managers only)."""
+		self.check_permission("write")
+		from machhelpdesk.intake import reprocess
+
+		state = reprocess(self.name)
+		return _("The message is now {0}.").format(_(state))
