@@ -87,7 +87,7 @@ class TestConcurrentWorkers(IntakeTestCase):
 			for _ in range(2)
 		]
 		outputs = [worker.communicate(timeout=300) for worker in workers]
-		for worker, (out, err) in zip(workers, outputs, strict=True):
+		for worker, (_out, err) in zip(workers, outputs, strict=True):
 			self.assertEqual(worker.returncode, 0, err[-2000:])
 		frappe.db.commit()
 		self.assertEqual(sorted(frappe.get_all("MH Ticket", pluck="subject")), sorted(subjects))
