@@ -604,6 +604,27 @@ def plan_message(account, parsed: ParsedMessage) -> Plan:
 	)
 
 
+def ticket_from_held(row_name: str, reason: str) -> str:
+	"""Turn a held message into its ticket, dated by when the mail arrived; the caller commits.
+
+	The account's rules run as they would have on arrival; the sender is known by now (confirmed, or
+	released by an agent), so the unknown-sender policy is not asked again.
+	"""
+	row = frappe.get_doc("MH Inbound Mail", row_name)
+	if row.state != HELD:
+		frappe.throw(_("Only held mail can be released; this message is {0}.").format(_(row.state)))
+	if not row.raw_path:
+		frappe.throw(_("The raw copy of this held message is gone."))
+	account = frappe.get_doc("MH IMAP Account", row.imap_account)
+	limit = effective_attachment_limit(frappe.get_cached_doc("MH Settings"))
+	parsed = parse_message(read_raw(row.raw_path), max_attachment_size=limit)
+	rules = [rule.as_engine_rule() for rule in account_rules(account.name)]
+	plan = Plan(state=TICKETED, reason=reason, decision=apply_rules(rules, parsed), create_contact=True)
+	persist(account, row, parsed, plan)
+	row.db_set({"state": TICKETED, "ticket": plan.ticket, "reason": reason[:1000]})
+	return plan.ticket
+
+
 def account_rules(account: str):
 	from machhelpdesk.machhelpdesk.doctype.mh_processing_rule.mh_processing_rule import rules_for_account
 
@@ -703,6 +724,8 @@ def unknown_sender_outcome(sender: str) -> tuple[str, str, bool]:
 		return TICKETED, "", bool(settings.auto_create_accounts)
 	if not settings.auto_create_accounts:
 		return DISCARDED, _("discarded: unknown sender"), False
+	if settings.require_confirmation:
+		return HELD, _("unknown sender: held until the sender confirms"), True
 	return TICKETED, _("unknown sender: support account created"), True
 
 
@@ -727,6 +750,10 @@ def persist(account, row, parsed: ParsedMessage, plan: Plan) -> None:
 		plan.ticket = create_ticket(account, row, parsed, plan)
 	elif plan.state == REPLIED:
 		add_reply(account, row, parsed, plan)
+	elif plan.state == HELD:
+		from machhelpdesk.challenge_response import hold_message
+
+		hold_message(account, row, parsed, plan)
 	elif plan.state == BOUNCED and plan.ticket:
 		frappe.get_doc("MH Ticket", plan.ticket).add_comment(
 			"Comment",

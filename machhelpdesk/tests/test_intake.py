@@ -51,10 +51,15 @@ class IntakeTestCase(FrappeTestCase):
 	def tearDownClass(cls):
 		cls.dovecot.stop()
 		reset_intake_data()
+		frappe.db.set_single_value("MH Settings", "require_registration", 1)
+		frappe.db.commit()
 		super().tearDownClass()
 
 	def setUp(self):
 		reset_intake_data()
+		# Intake tests take mail from anyone; registration and challenges have tests of their own.
+		frappe.db.set_single_value("MH Settings", "require_registration", 0)
+		frappe.db.commit()
 		self.user, self.password = self.dovecot.new_user(self._testMethodName[:30])
 		self.account = make_account(self.dovecot, self.user, self.password)
 
