@@ -31,3 +31,11 @@ scheduler_events = {
 		"machhelpdesk.tasks.purge_raw_copies",
 	],
 }
+
+# Mail the helpdesk sends: ticket number and route on agents' replies, Auto-Submitted on automatic mail.
+doc_events = {
+	"Communication": {
+		"before_insert": "machhelpdesk.outbound.prepare_ticket_reply",
+	},
+}
+make_email_body_message = "machhelpdesk.outbound.add_auto_submitted"
