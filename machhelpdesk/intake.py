@@ -550,8 +550,11 @@ def make_message_key(parsed: ParsedMessage | None, raw: bytes) -> str:
 	return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def plan_message(account, parsed: ParsedMessage) -> Plan:
-	"""Decide what to do with a message, reading the database but writing nothing."""
+def plan_message(account, parsed: ParsedMessage, rules: list | None = None) -> Plan:
+	"""Decide what to do with a message, reading the database but writing nothing.
+
+	``rules`` (engine rules) replaces the account's saved rules, for dry runs of rules being edited.
+	"""
 	from machhelpdesk.machhelpdesk.doctype.mh_blocking_filter.mh_blocking_filter import blocking_filter_for
 
 	automation = classify_automation(parsed)
@@ -578,7 +581,8 @@ def plan_message(account, parsed: ParsedMessage) -> Plan:
 	thread = find_thread(parsed)
 	if not automation.may_open_ticket:
 		return Plan(state=IGNORED, reason=automation.reason, ticket=thread, automation=automation)
-	rules = [rule.as_engine_rule() for rule in account_rules(account.name)]
+	if rules is None:
+		rules = [rule.as_engine_rule() for rule in account_rules(account.name)]
 	if thread:
 		decision = apply_rules(rules, parsed, is_reply=True)
 		if decision.delete:

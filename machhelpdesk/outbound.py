@@ -104,6 +104,8 @@ def prepare_ticket_reply(communication, method=None) -> None:
 	):
 		return
 	communication.subject = tag_subject(communication.subject or "", communication.reference_name)
-	sender, _reply_to = reply_route(frappe.db.get_value("MH Ticket", communication.reference_name, "imap_account"))
+	sender, _reply_to = reply_route(
+		frappe.db.get_value("MH Ticket", communication.reference_name, "imap_account")
+	)
 	if sender:
 		communication.sender = sender

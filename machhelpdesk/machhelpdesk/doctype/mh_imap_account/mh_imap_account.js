@@ -26,6 +26,7 @@ frappe.ui.form.on("MH IMAP Account", {
 				frm.call("pull_now").then(({ message }) => frappe.show_alert({ message, indicator: "blue" }))
 			);
 		}
+		frm.add_custom_button(__("Test rules"), () => machhelpdesk.rules.open_dry_run(frm.doc.name));
 		frm.add_custom_button(__("Intake ledger"), () =>
 			frappe.set_route("List", "MH Inbound Mail", { imap_account: frm.doc.name })
 		);
@@ -56,3 +57,50 @@ frappe.ui.form.on("MH IMAP Account", {
 		}
 	},
 });
+
+frappe.provide("machhelpdesk.rules");
+
+// A dry run of the account's rules (any of them, enabled or not) on past mail or a pasted message.
+machhelpdesk.rules.open_dry_run = function (account, draft_rule) {
+	const dialog = new frappe.ui.Dialog({
+		title: __("Test rules on mail (nothing is changed)"),
+		size: "extra-large",
+		fields: [
+			{
+				fieldname: "rule_names",
+				fieldtype: "MultiSelectList",
+				label: __("Rules (empty: the account's enabled rules)"),
+				hidden: draft_rule ? 1 : 0,
+				get_data: (txt) =>
+					frappe.db.get_link_options("MH Processing Rule", txt, {
+						imap_account: account,
+					}),
+			},
+			{ fieldname: "last", fieldtype: "Int", label: __("Last N messages of the ledger"), default: 20 },
+			{
+				fieldname: "raw",
+				fieldtype: "Code",
+				label: __("Or paste a raw message (.eml source)"),
+			},
+			{ fieldname: "results", fieldtype: "HTML" },
+		],
+		primary_action_label: __("Run"),
+		primary_action(values) {
+			frappe
+				.call({
+					method: "machhelpdesk.rule_testing.dry_run_rules",
+					type: "POST",
+					args: {
+						account,
+						rule_names: values.rule_names || [],
+						draft_rules: draft_rule ? [draft_rule] : [],
+						last: values.last,
+						raw: values.raw || null,
+					},
+					freeze: true,
+				})
+				.then(({ message }) => dialog.fields_dict.results.$wrapper.html(message.html));
+		},
+	});
+	dialog.show();
+};
