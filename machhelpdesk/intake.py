@@ -469,7 +469,8 @@ class MailboxPull:
 	def act_on_server(self, row) -> None:
 		"""Move or delete a committed message. A failure here leaves it Pending for the next pull."""
 		try:
-			if self.account.move_parsed_email:
+			# "Delete Message" means deleted, even on an account that moves parsed mail.
+			if self.account.move_parsed_email and row.state != DELETED_BY_RULE:
 				self.session.move(cint(row.uid), self.account.move_to_folder)
 				action, counter = MOVED, "moved"
 			else:
@@ -509,7 +510,8 @@ class MailboxPull:
 			if cint(row.uid) in present:
 				self.act_on_server(row)
 			else:
-				row.db_set("server_action", MOVED if self.account.move_parsed_email else DELETED)
+				moved = self.account.move_parsed_email and row.state != DELETED_BY_RULE
+				row.db_set("server_action", MOVED if moved else DELETED)
 				frappe.db.commit()  # someone else already moved it; record what we found
 
 	def advance_last_uid(self, uid: int) -> None:
