@@ -440,6 +440,28 @@ def test_delete_removes_only_that_message(dovecot, dovecot_user, session):
 	assert session.uids_since(0) == [uids[0], uids[2]]
 
 
+def test_a_batch_moves_and_deletes_in_one_command_each(dovecot, dovecot_user, session):
+	user = dovecot_user[0]
+	uids = fill_inbox(dovecot, dovecot_user, 6)
+	session.select("INBOX")
+	session.move(uids[:3], "Parsed")
+	session.delete([uids[3], uids[4]])
+	session.move([], "Parsed")  # an empty batch is nothing to do, not an error
+	assert dovecot.folder_uids(user, "INBOX") == [uids[5]]
+	assert len(dovecot.folder_uids(user, "Parsed")) == 3
+
+
+def test_a_batch_moves_and_deletes_without_move_or_uidplus(dovecot, dovecot_user):
+	user = dovecot_user[0]
+	uids = fill_inbox(dovecot, dovecot_user, 5)
+	with OldServerSession(settings_for(dovecot, dovecot_user)) as session:
+		session.select("INBOX")
+		session.move(uids[:2], "Elsewhere")
+		session.delete(uids[2:4])
+	assert dovecot.folder_uids(user, "INBOX") == [uids[4]]
+	assert len(dovecot.folder_uids(user, "Elsewhere")) == 2
+
+
 @pytest.mark.parametrize("folder", ["INBOX", "Support"])
 def test_uidvalidity_changes_after_recreate_and_message_ids_still_match(dovecot, dovecot_user, folder):
 	user = dovecot_user[0]

@@ -660,32 +660,41 @@ class MailboxSession:
 
 	# -- acting on messages ----------------------------------------------------------------------
 
-	def move(self, uid: int, folder: str) -> None:
-		"""Move one message of the open folder to `folder` (created if missing).
+	def move(self, uids: int | Iterable[int], folder: str) -> None:
+		"""Move messages of the open folder to `folder` (created if missing), in one command.
 
 		Uses MOVE when the server has it; otherwise COPY, ``\\Deleted`` and UID EXPUNGE (or a plain EXPUNGE
 		when the server lacks UIDPLUS).
 		"""
+		wanted = _uid_list(uids)
 		client = self._require_selected("move a message")
+		if not wanted:
+			return
 		self.ensure_folder(folder)
 		if "MOVE" in self.capabilities:
-			self._guarded(f"move a message to {folder!r}", partial(client.move, [uid], folder))
+			self._guarded(f"move a message to {folder!r}", partial(client.move, wanted, folder))
 			return
-		self._guarded(f"copy a message to {folder!r}", partial(client.copy, [uid], folder))
-		self._expunge_one(client, uid, f"remove a message moved to {folder!r}")
+		self._guarded(f"copy a message to {folder!r}", partial(client.copy, wanted, folder))
+		self._expunge(client, wanted, f"remove a message moved to {folder!r}")
 
-	def delete(self, uid: int) -> None:
-		"""Delete one message of the open folder: ``\\Deleted`` then UID EXPUNGE (EXPUNGE without UIDPLUS)."""
+	def delete(self, uids: int | Iterable[int]) -> None:
+		"""Delete messages of the open folder: ``\\Deleted`` then UID EXPUNGE (EXPUNGE without UIDPLUS)."""
+		wanted = _uid_list(uids)
 		client = self._require_selected("delete a message")
-		self._expunge_one(client, uid, "delete a message")
+		if wanted:
+			self._expunge(client, wanted, "delete a message")
 
-	def _expunge_one(self, client: imapclient.IMAPClient, uid: int, action: str) -> None:
-		self._guarded(action, partial(client.add_flags, [uid], [imapclient.DELETED], silent=True))
+	def _expunge(self, client: imapclient.IMAPClient, uids: list[int], action: str) -> None:
+		self._guarded(action, partial(client.add_flags, uids, [imapclient.DELETED], silent=True))
 		if "UIDPLUS" in self.capabilities:
-			self._guarded(action, partial(client.uid_expunge, [uid]))
+			self._guarded(action, partial(client.uid_expunge, uids))
 		else:
 			# Without UIDPLUS, EXPUNGE also removes other messages someone marked \Deleted in this folder.
 			self._guarded(action, client.expunge)
+
+
+def _uid_list(uids: int | Iterable[int]) -> list[int]:
+	return [uids] if isinstance(uids, int) else sorted(set(uids))
 
 
 def parse_message_id(header: bytes) -> str | None:

@@ -43,7 +43,9 @@ class TestKilledWorker(IntakeTestCase):
 			with self.subTest(step=step):
 				self.setUp()
 				subjects = self.fill()
-				killed = self.pull_in_worker(env={"MH_INTAKE_FAILPOINT": f"{step}:4"})
+				# Mid-batch for the per-message steps; the batch's messages move in one command.
+				nth = 1 if step == "after_move" else 4
+				killed = self.pull_in_worker(env={"MH_INTAKE_FAILPOINT": f"{step}:{nth}"})
 				self.assertEqual(
 					killed.returncode, -9, f"the worker must really die at {step}: {killed.stderr[-500:]}"
 				)

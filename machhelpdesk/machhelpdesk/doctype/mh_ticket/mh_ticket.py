@@ -60,12 +60,12 @@ class MHTicket(Document):
 		if not self.opened_on:
 			self.opened_on = now_datetime()
 		if self.status and not self.status_category:
-			self.status_category = frappe.db.get_value("MH Ticket Status", self.status, "category")
+			self.status_category = frappe.get_cached_value("MH Ticket Status", self.status, "category")
 
 	def set_status_dates(self):
 		if not self.has_value_changed("status") or not self.status:
 			return
-		category = frappe.db.get_value("MH Ticket Status", self.status, "category")
+		category = frappe.get_cached_value("MH Ticket Status", self.status, "category")
 		self.status_category = category
 		if category == "Resolved" and not self.resolved_on:
 			self.resolved_on = now_datetime()
