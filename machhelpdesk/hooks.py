@@ -38,4 +38,4 @@ doc_events = {
 		"before_insert": "machhelpdesk.outbound.prepare_ticket_reply",
 	},
 }
-make_email_body_message = "machhelpdesk.outbound.add_auto_submitted"
+make_email_body_message = "machhelpdesk.outbound.adjust_outgoing_mail"

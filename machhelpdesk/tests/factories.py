@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -13,6 +15,7 @@ from pathlib import Path
 import frappe
 
 from machhelpdesk.testing.dovecot import Dovecot
+from machhelpdesk.testing.smtp_sink import SMTPSink
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 INTAKE_DOCTYPES = (
@@ -183,3 +186,51 @@ def ledger(account: str) -> list[frappe._dict]:
 		],
 		order_by="creation asc",
 	)
+
+
+@contextmanager
+def outgoing_mail_to(sink: SMTPSink, email_id: str = "helpdesk@outgoing.test") -> Iterator[str]:
+	"""A default outgoing Email Account that delivers to ``sink`` (a real SMTP server on 127.0.0.1).
+
+	While it is active, Frappe really sends (in tests it otherwise only pretends). The account is
+	committed, because intake and the queue commit; it is deleted afterwards. Yields its name.
+	"""
+	previous_defaults = frappe.get_all("Email Account", filters={"default_outgoing": 1}, pluck="name")
+	for name in previous_defaults:
+		frappe.db.set_value("Email Account", name, "default_outgoing", 0)
+	account = frappe.get_doc(
+		{
+			"doctype": "Email Account",
+			"email_account_name": f"Test outgoing {email_id}",
+			"email_id": email_id,
+			"enable_outgoing": 1,
+			"default_outgoing": 1,
+			"smtp_server": sink.host,
+			"smtp_port": sink.port,
+			"use_tls": 0,
+			"use_ssl": 0,
+			"no_smtp_authentication": 1,
+			"awaiting_password": 0,
+		}
+	).insert(ignore_permissions=True)
+	frappe.db.commit()
+	saved = frappe.flags.testing_email, frappe.flags.mute_emails
+	frappe.flags.testing_email, frappe.flags.mute_emails = True, False
+	try:
+		yield account.name
+	finally:
+		frappe.flags.testing_email, frappe.flags.mute_emails = saved
+		frappe.db.delete("Email Queue Recipient")
+		frappe.db.delete("Email Queue")
+		frappe.delete_doc("Email Account", account.name, force=True, ignore_permissions=True)
+		for name in previous_defaults:
+			frappe.db.set_value("Email Account", name, "default_outgoing", 1)
+		frappe.db.commit()
+
+
+def flush_outgoing_mail() -> None:
+	"""Send what the Email Queue holds now, as the scheduler's flush does."""
+	from frappe.email.queue import flush
+
+	flush()
+	frappe.db.commit()
