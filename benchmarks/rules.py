@@ -16,7 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from machhelpdesk.engine.message import ParsedMessage, parse_message  # noqa: E402
-from machhelpdesk.engine.rules import Action, Condition, Rule, apply_rules, validate_rule  # noqa: E402
+from machhelpdesk.engine.rules import (  # noqa: E402
+	DEFAULT_TIMEOUT,
+	Action,
+	Condition,
+	Rule,
+	apply_rules,
+	validate_rule,
+)
 
 ROUNDS = 3  # each message is evaluated this many times; the worst single evaluation is reported
 
@@ -138,6 +145,21 @@ def main() -> None:
 	print(f"evaluations/s:            {evaluations / total:,.0f}")
 	print(f"messages/s:               {runs / total:,.0f}")
 	print(f"worst single message:     {worst[0] * 1000:.2f} ms ({worst[1]})")
+	catastrophic_backtracking()
+
+
+def catastrophic_backtracking() -> None:
+	"""How long intake waits on ``(a+)+$`` against 100 KB of ``a`` and a ``!``: the regex timeout."""
+	message = parse_message(b"From: a@example.com\r\nSubject: x\r\n\r\n" + b"a" * 100_000 + b"!\r\n")
+	evil = [Rule("Evil", [Condition("Body", "matches regex", r"(a+)+$")], [Action("Set Status", "Open")])]
+	started = time.perf_counter()
+	decision = apply_rules(evil, message)
+	elapsed = time.perf_counter() - started
+	result = decision.trace[0].conditions[0]
+	print(
+		f"(a+)+$ on 100 KB:         {elapsed * 1000:.0f} ms, timed out: {result.timed_out}"
+		f" (limit {DEFAULT_TIMEOUT * 1000:.0f} ms)"
+	)
 
 
 if __name__ == "__main__":
