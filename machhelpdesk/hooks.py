@@ -22,13 +22,18 @@ has_permission = {
 	"MH Ticket": "machhelpdesk.permissions.ticket_has_permission",
 }
 
-# Scheduled tasks: each entry enqueues work; the work itself lives in intake.py.
+# Scheduled tasks: each entry enqueues or delegates; the work lives in intake.py and challenge_response.py.
 scheduler_events = {
 	"cron": {
 		"*/5 * * * *": ["machhelpdesk.tasks.enqueue_pulls"],
 	},
+	"hourly": [
+		"machhelpdesk.tasks.scrub_sent_challenge_mail",
+		"machhelpdesk.tasks.release_mail_of_confirmed_senders",
+	],
 	"daily": [
 		"machhelpdesk.tasks.purge_raw_copies",
+		"machhelpdesk.tasks.expire_held_mail",
 	],
 }
 

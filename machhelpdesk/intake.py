@@ -793,11 +793,12 @@ def plan_message(
 	)
 
 
-def ticket_from_held(row_name: str, reason: str) -> str:
+def ticket_from_held(row_name: str, reason: str, create_contact: bool = True) -> str:
 	"""Turn a held message into its ticket, dated by when the mail arrived; the caller commits.
 
 	The account's rules run as they would have on arrival; the sender is known by now (confirmed, or
-	released by an agent), so the unknown-sender policy is not asked again.
+	released by an agent), so the unknown-sender policy is not asked again. ``create_contact=False``
+	(an agent releasing one message) makes the ticket without giving the sender an account.
 	"""
 	row = frappe.get_doc("MH Inbound Mail", row_name)
 	if row.state != HELD:
@@ -809,7 +810,10 @@ def ticket_from_held(row_name: str, reason: str) -> str:
 	parsed = parse_message(read_raw(row.raw_path), max_attachment_size=limit)
 	context = IntakeContext(account.name)
 	plan = Plan(
-		state=TICKETED, reason=reason, decision=apply_rules(context.rules(), parsed), create_contact=True
+		state=TICKETED,
+		reason=reason,
+		decision=apply_rules(context.rules(), parsed),
+		create_contact=create_contact,
 	)
 	persist(account, row, parsed, plan, context=context)
 	context.count_hits(plan)
@@ -1202,21 +1206,7 @@ def ensure_contact(sender) -> str:
 	if not user and user_creation_throttled():
 		user = None  # a flood of new senders: the contact is made now, the account when they register
 	elif not user:
-		first_name = (sender.name or sender.email.split("@")[0])[:100]
-		user_doc = frappe.get_doc(
-			{
-				"doctype": "User",
-				"email": sender.email,
-				"first_name": first_name,
-				"user_type": "Website User",
-				"send_welcome_email": 0,
-				"roles": [{"role": "MH Customer"}],
-			}
-		)
-		user_doc.flags.ignore_permissions = True
-		user_doc.flags.no_welcome_mail = True
-		user_doc.insert()
-		user = user_doc.name
+		user = create_customer_user(sender)
 	contact = frappe.get_doc(
 		{
 			"doctype": "Contact",
@@ -1227,6 +1217,24 @@ def ensure_contact(sender) -> str:
 	)
 	contact.insert(ignore_permissions=True)
 	return contact.name
+
+
+def create_customer_user(sender) -> str:
+	"""A Website User with the customer role and no welcome mail (a password comes by "forgot password")."""
+	user_doc = frappe.get_doc(
+		{
+			"doctype": "User",
+			"email": sender.email,
+			"first_name": (sender.name or sender.email.split("@")[0])[:100],
+			"user_type": "Website User",
+			"send_welcome_email": 0,
+			"roles": [{"role": "MH Customer"}],
+		}
+	)
+	user_doc.flags.ignore_permissions = True
+	user_doc.flags.no_welcome_mail = True
+	user_doc.insert()
+	return user_doc.name
 
 
 def user_creation_throttled() -> bool:

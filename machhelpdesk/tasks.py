@@ -1,4 +1,4 @@
-"""Scheduler entry points. Each one only enqueues or delegates; the work lives in intake.py."""
+"""Scheduler entry points: each only enqueues or delegates to intake.py or challenge_response.py."""
 
 import frappe
 
@@ -26,3 +26,21 @@ def purge_raw_copies() -> None:
 	from machhelpdesk.intake import purge_raw_copies as purge
 
 	purge()
+
+
+def expire_held_mail() -> None:
+	from machhelpdesk.challenge_response import expire_held_mail as expire
+
+	expire()
+
+
+def scrub_sent_challenge_mail() -> None:
+	from machhelpdesk.challenge_response import scrub_sent_challenge_mail as scrub
+
+	scrub()
+
+
+def release_mail_of_confirmed_senders() -> None:
+	from machhelpdesk.challenge_response import release_mail_of_confirmed_senders as release
+
+	release()

@@ -14,10 +14,12 @@ from machhelpdesk.engine.challenge import (
 	TOKEN_LENGTH,
 	AuthResult,
 	challenge_allowed,
+	form_nonce_valid,
 	hash_token,
 	is_expired,
 	issue_token,
 	looks_like_token,
+	make_form_nonce,
 	passes_spf_or_dkim,
 	read_authentication_results,
 	token_matches,
@@ -293,6 +295,37 @@ def test_read_authentication_results_never_raises(values):
 	result = read_authentication_results([f"{TRUSTED};{value}" for value in values] + values, TRUSTED)
 	for outcome in (result.spf, result.dkim, result.dmarc):
 		assert outcome is None or re.fullmatch(r"[a-z0-9_-]+", outcome)
+
+
+# --- the confirmation form's nonce --------------------------------------------------------------------
+
+KEY = "server-secret"
+HASH = hash_token(issue_token(NOW, timedelta(hours=1)).token)
+EPOCH = 1_740_830_400.0
+
+
+def test_form_nonce_round_trips_within_its_lifetime():
+	nonce = make_form_nonce(KEY, HASH, EPOCH)
+	assert form_nonce_valid(nonce, KEY, HASH, EPOCH)
+	assert form_nonce_valid(nonce, KEY, HASH, EPOCH + challenge.NONCE_VALID_SECONDS)
+	assert not form_nonce_valid(nonce, KEY, HASH, EPOCH + challenge.NONCE_VALID_SECONDS + 1)
+
+
+def test_form_nonce_is_bound_to_its_token_and_key_and_not_from_the_future():
+	nonce = make_form_nonce(KEY, HASH, EPOCH)
+	assert not form_nonce_valid(nonce, KEY, "0" * 64, EPOCH)
+	assert not form_nonce_valid(nonce, "another-secret", HASH, EPOCH)
+	assert not form_nonce_valid(nonce, KEY, HASH, EPOCH - 60)
+
+
+def test_form_nonce_cannot_be_moved_to_another_time():
+	stamp, _sep, mac = make_form_nonce(KEY, HASH, EPOCH).partition(".")
+	assert not form_nonce_valid(f"{int(stamp) + 1}.{mac}", KEY, HASH, EPOCH + 5)
+
+
+@given(st.one_of(st.none(), st.integers(), st.text(max_size=200), st.binary(max_size=50)))
+def test_form_nonce_valid_never_raises_on_junk(value):
+	assert form_nonce_valid(value, KEY, HASH, EPOCH) is False
 
 
 def test_module_imports_no_frappe():

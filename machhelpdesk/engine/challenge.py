@@ -9,6 +9,8 @@ of that which needs no database:
 - the clock is always passed in, so expiry is testable and follows the caller's notion of "now";
 - :func:`challenge_allowed` keeps the helpdesk from becoming a backscatter source: one outstanding
   challenge per address, a daily cap per address and an hourly cap overall;
+- :func:`make_form_nonce` and :func:`form_nonce_valid` protect the confirmation page: only a POST
+  carrying a nonce from the page's own GET confirms, so a mail scanner that visits links confirms nothing;
 - :func:`read_authentication_results` reads the ``Authentication-Results`` header (RFC 8601) that
   the receiving server added, so that a forged sender (SPF and DKIM both failing) is not challenged
   at all: challenging it would send mail to an innocent third party.
@@ -89,6 +91,44 @@ def is_expired(expires_at: datetime, now: datetime) -> bool:
 	if (expires_at.utcoffset() is None) != (now.utcoffset() is None):
 		raise ValueError("expires_at and now must both be naive or both be timezone-aware")
 	return now >= expires_at
+
+
+# The confirmation page's form nonce: the Confirm button's POST must carry one from the page's GET.
+NONCE_VALID_SECONDS = 12 * 60 * 60
+
+
+def make_form_nonce(key: str | bytes, token_hash: str, now: float) -> str:
+	"""Return a nonce for the confirmation form of the challenge whose token hashes to ``token_hash``.
+
+	``now`` is the time in seconds since the epoch and ``key`` a server secret. The nonce is
+	``<seconds>.<HMAC-SHA256 of the token hash and the seconds>``: nothing is stored, and a POST
+	without a GET of the page first (a link scanner guessing at forms) has none.
+	"""
+	stamp = int(now)
+	return f"{stamp}.{_nonce_mac(key, token_hash, stamp)}"
+
+
+def form_nonce_valid(
+	nonce: str, key: str | bytes, token_hash: str, now: float, valid_for: int = NONCE_VALID_SECONDS
+) -> bool:
+	"""Return True if ``nonce`` was made by :func:`make_form_nonce` for this token hash, with this key,
+	at most ``valid_for`` seconds before ``now`` (and not in the future). Never raises."""
+	if not isinstance(nonce, str) or not isinstance(token_hash, str) or len(nonce) > 100:
+		return False
+	stamp_text, sep, mac = nonce.partition(".")
+	if not sep or not stamp_text.isascii() or not stamp_text.isdigit() or len(stamp_text) > 12:
+		return False
+	stamp = int(stamp_text)
+	if not 0 <= int(now) - stamp <= valid_for:
+		return False
+	expected = _nonce_mac(key, token_hash, stamp)
+	return mac.isascii() and hmac.compare_digest(mac, expected)
+
+
+def _nonce_mac(key: str | bytes, token_hash: str, stamp: int) -> str:
+	key_bytes = key.encode("utf-8") if isinstance(key, str) else key
+	message = f"mh-confirm|{token_hash}|{stamp}".encode()
+	return hmac.new(key_bytes, message, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from machhelpdesk.testing.smtp_sink import SMTPSink
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 INTAKE_DOCTYPES = (
+	"MH Sender Challenge",
 	"MH Inbound Mail",
 	"MH Ticket",
 	"MH Processing Rule",

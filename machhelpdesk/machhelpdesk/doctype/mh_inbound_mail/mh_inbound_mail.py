@@ -17,12 +17,15 @@ class MHInboundMail(Document):
 
 		attempts: DF.Int
 		automation: DF.Data | None
+		challenge: DF.Link | None
+		challenge_status: DF.Literal["", "Outstanding", "Not Sent", "Confirmed", "Expired", "Superseded"]
 		communication: DF.Link | None
 		duplicate_of: DF.Link | None
 		error: DF.Code | None
 		folder: DF.Data | None
 		from_email: DF.Data | None
 		from_name: DF.Data | None
+		held_on: DF.Datetime | None
 		imap_account: DF.Link | None
 		mailbox_key: DF.Data | None
 		message_id: DF.Data | None
