@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from unittest.mock import patch
 
 import requests
 
@@ -20,7 +21,8 @@ from frappe.utils.password import get_encryption_key, update_password
 
 from machhelpdesk import challenge_response
 from machhelpdesk.engine.challenge import hash_token, make_form_nonce
-from machhelpdesk.intake import raw_root
+from machhelpdesk.engine.message import parse_message
+from machhelpdesk.intake import ensure_contact, raw_root, read_raw
 from machhelpdesk.testing.smtp_sink import SMTPSink
 from machhelpdesk.testing.webserver import FrappeWebServer
 from machhelpdesk.tests.factories import (
@@ -315,6 +317,65 @@ class TestRateLimits(ChallengeTestCase):
 		self.assertIn("challenge sent", reasons["Genuine"])
 		[mail] = self.wait_for_mail(1)
 		self.assertEqual(mail.rcpt_tos, ("genuine@example.com",))
+
+
+class TestChallengeEdges(ChallengeTestCase):
+	def test_a_second_challenge_for_an_address_cannot_be_issued_while_one_is_outstanding(self):
+		self.deliver(make_message(sender=SENDER))
+		self.pull()
+		[row] = self.held_rows()
+		doc = frappe.get_doc("MH Inbound Mail", row.name)
+		queued = frappe.db.count("Email Queue")
+		parsed = parse_message(read_raw(doc.raw_path))
+		# What a second worker pulling another mailbox would try at the same moment: the unique
+		# column refuses it, and nothing of it is left behind.
+		with self.assertRaises(challenge_response.ChallengeOutstanding):
+			challenge_response.issue_challenge(self.account, doc, parsed, "olga@example.com", now_datetime())
+		frappe.db.commit()
+		self.assertEqual(len(challenges("olga@example.com")), 1)
+		self.assertEqual(frappe.db.count("Email Queue"), queued)
+
+	def test_without_an_outgoing_mail_account_mail_is_held_and_the_ledger_says_why(self):
+		frappe.db.set_value("Email Account", {"default_outgoing": 1}, "enable_outgoing", 0)
+		frappe.db.commit()
+		frappe.local.outgoing_email_account = {}  # Frappe caches the account for the request
+		try:
+			self.deliver(make_message(sender=SENDER))
+			summary = self.pull()
+		finally:
+			frappe.db.set_value("Email Account", {"default_outgoing": 1}, "enable_outgoing", 1)
+			frappe.db.commit()
+			frappe.local.outgoing_email_account = {}
+		self.assertEqual((summary["held"], summary["failed"]), (1, 0), summary["text"])
+		[row] = self.held_rows()
+		self.assertIn("the challenge mail could not be queued", row.reason)
+		self.assertEqual(frappe.db.get_value("MH Inbound Mail", row.name, "challenge_status"), "Not Sent")
+		self.assertEqual(challenges(), [])
+
+	def test_a_sender_confirmed_during_the_pull_is_not_held(self):
+		ensure_contact(frappe._dict(email="olga@example.com", name="Olga"))
+		frappe.db.commit()
+		# The pull looked the sender up before they confirmed (intake caches that for the pull).
+		with patch(
+			"machhelpdesk.intake.unknown_sender_outcome",
+			return_value=("Held", "unknown sender: held until the sender confirms", True),
+		):
+			self.deliver(make_message(sender=SENDER, subject="Just confirmed"))
+			self.pull()
+		[row] = ledger(self.account.name)
+		self.assertEqual(row.state, "Ticketed")
+		self.assertIn("confirmed while this message was being read", row.reason)
+		self.assertEqual(challenges(), [])
+
+	def test_hourly_job_releases_held_mail_of_senders_known_since(self):
+		self.deliver(make_message(sender=SENDER, subject="Held, then known"))
+		self.pull()
+		self.assertEqual(challenge_response.release_mail_of_confirmed_senders(), 0)
+		ensure_contact(frappe._dict(email="olga@example.com", name="Olga"))  # an admin made the account
+		frappe.db.commit()
+		self.assertEqual(challenge_response.release_mail_of_confirmed_senders(), 1)
+		[row] = ledger(self.account.name)
+		self.assertEqual(row.state, "Ticketed")
 
 
 class TestKill(ChallengeTestCase):
