@@ -22,9 +22,11 @@ crashes the worker itself cannot block the mailbox.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +45,8 @@ from machhelpdesk.engine.rules import Decision, apply_rules
 from machhelpdesk.engine.threads import choose_thread, find_ticket_numbers, thread_message_ids
 
 MAX_ATTEMPTS = 3
+# Errors of the site's disk, not of the attachment: the message must wait on the server.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 LOGIN_FAILURE_LIMIT = 5
 FETCH_BATCH = 20
 REOPEN_WINDOW_DAYS = 30
@@ -161,8 +165,12 @@ _failpoint_hits: Counter = Counter()
 
 
 def failpoint(step: str) -> None:
-	"""Fault injection for the crash tests: ``MH_INTAKE_FAILPOINT=step[:n]`` SIGKILLs this process
-	the n-th time (default 1st) intake reaches ``step``. Unset in production, where this does nothing.
+	"""Fault injection for the fault tests; unset in production, where this does nothing.
+
+	``MH_INTAKE_FAILPOINT=step[:n]`` SIGKILLs this process the n-th time (default 1st) intake reaches
+	``step``. ``step:n:pause`` instead writes this process's database connection id to the file
+	``MH_INTAKE_PAUSED_FILE`` and waits (at most 2 minutes) until ``MH_INTAKE_RESUME_FILE`` exists,
+	so that a test can break something (the IMAP server, the database connection) at that moment.
 
 	Steps: after_fetch, after_ledger, before_commit, after_commit (per message), and after_move
 	(after a batch's move or delete command, before it is recorded).
@@ -170,12 +178,23 @@ def failpoint(step: str) -> None:
 	wanted = os.environ.get("MH_INTAKE_FAILPOINT")
 	if not wanted:
 		return
-	name, _sep, nth = wanted.partition(":")
+	name, _sep, rest = wanted.partition(":")
 	if name != step:
 		return
+	nth, _sep, action = rest.partition(":")
 	_failpoint_hits[step] += 1
-	if _failpoint_hits[step] >= int(nth or 1):
+	if _failpoint_hits[step] != int(nth or 1):
+		return
+	if action != "pause":
 		os.kill(os.getpid(), signal.SIGKILL)
+	connection_id = frappe.db.sql("SELECT CONNECTION_ID()")[0][0]
+	paused = os.environ["MH_INTAKE_PAUSED_FILE"]
+	with open(paused + ".tmp", "w") as fh:
+		fh.write(str(connection_id))
+	os.replace(paused + ".tmp", paused)
+	deadline = time.monotonic() + 120
+	while not os.path.exists(os.environ["MH_INTAKE_RESUME_FILE"]) and time.monotonic() < deadline:
+		time.sleep(0.05)
 
 
 # --- entry points -----------------------------------------------------------------------------------
@@ -195,6 +214,11 @@ def pull_account(account: str, dry_run: bool = False, progress: Callable[[str], 
 			summary.error = str(e)
 			if not dry_run:
 				record_pull_error(doc, e)
+		except OSError as e:
+			# The site's disk refused the raw copy (full, read-only): nothing was taken from the server.
+			summary.error = _("the site could not store mail: {0}").format(e)
+			if not dry_run:
+				record_pull_error(doc, e)
 	return summary.as_dict() | {"text": summary.text()}
 
 
@@ -210,7 +234,7 @@ def account_lock(account: str) -> Iterator[bool]:
 			frappe.db.sql("SELECT RELEASE_LOCK(%s)", (name,))
 
 
-def record_pull_error(doc, error: transport.IMAPError) -> None:
+def record_pull_error(doc, error: Exception) -> None:
 	"""Remember the error on the account; after 5 failed logins in a row, disable it and tell managers."""
 	frappe.db.rollback()
 	values = {"last_error": str(error)[:1000], "last_pulled_on": now_datetime()}
@@ -1162,7 +1186,8 @@ def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | 
 	"""Save one private file on the ticket. Returns (file URL, new name if it had to be renamed).
 
 	Frappe re-encodes images to strip EXIF data and refuses an image it cannot decode; such a file
-	is kept as opaque bytes under a ``.bin`` name instead of failing the whole message.
+	is kept as opaque bytes under a ``.bin`` name instead of failing the whole message. A disk that
+	refuses the write fails the message instead, so that it stays on the server until there is room.
 	"""
 	for name in (filename, f"{filename}.bin"):
 		frappe.db.savepoint("mh_attachment")
@@ -1179,6 +1204,10 @@ def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | 
 			)
 			file.save(ignore_permissions=True)
 			return file.file_url, (name if name != filename else None)
+		except OSError as e:
+			if e.errno in DISK_ERRORS:
+				raise
+			frappe.db.rollback(save_point="mh_attachment")
 		except Exception:
 			frappe.db.rollback(save_point="mh_attachment")
 	return None, None

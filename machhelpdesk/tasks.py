@@ -1,14 +1,33 @@
 """Scheduler entry points: each only enqueues or delegates to intake.py or challenge_response.py."""
 
 import frappe
+from frappe import _
 
 PULL_TIMEOUT = 60 * 60  # a long first sync of a big folder may take a while
 
 
 def enqueue_pulls() -> None:
-	"""Every 5 minutes: one deduplicated pull job per enabled account, on the long queue."""
-	for account in frappe.get_all("MH IMAP Account", filters={"enabled": 1}, pluck="name"):
-		enqueue_pull(account)
+	"""Every 5 minutes: one deduplicated pull job per enabled account, on the long queue.
+
+	When the job queue (Redis) cannot be reached, that is logged once, in plain words, and nothing
+	else happens: the next run catches up, since a pull takes everything since the last one.
+	"""
+	from redis.exceptions import ConnectionError as RedisConnectionError
+	from redis.exceptions import TimeoutError as RedisTimeoutError
+
+	accounts = frappe.get_all("MH IMAP Account", filters={"enabled": 1}, pluck="name")
+	try:
+		for account in accounts:
+			enqueue_pull(account)
+	except (RedisConnectionError, RedisTimeoutError) as e:
+		frappe.log_error(
+			title=_("Email Parser: the job queue is unreachable, no mail was pulled this time"),
+			message=_(
+				"The scheduler could not queue the pulls of {0} account(s): {1}. Mail stays on the "
+				"server; the next run, once Redis (redis_queue) answers again, takes everything since "
+				"the last pull."
+			).format(len(accounts), e),
+		)
 
 
 def enqueue_pull(account: str) -> None:
@@ -44,3 +63,9 @@ def release_mail_of_confirmed_senders() -> None:
 	from machhelpdesk.challenge_response import release_mail_of_confirmed_senders as release
 
 	release()
+
+
+def close_waiting_tickets() -> None:
+	from machhelpdesk.auto_close import close_waiting_tickets as close
+
+	close()

@@ -184,6 +184,20 @@ class Dovecot:
 		if root is not None:
 			shutil.rmtree(root, ignore_errors=True)
 
+	def halt(self) -> None:
+		"""Stop the server process but keep its mail, config and ports, so that `resume()` brings it back."""
+		process, self._process = self._process, None
+		if process is not None:
+			self._kill_group(process)
+
+	def resume(self) -> None:
+		"""Start the server again after `halt()`, on the same ports and with the same mail."""
+		if self.running:
+			return
+		if self._root is None:
+			raise DovecotError("resume() needs a server that was started and halted, not stopped")
+		self._launch()
+
 	def _prepare(self) -> None:
 		root = self.root
 		# Mail processes run as an unprivileged user and must reach their home below this directory.
