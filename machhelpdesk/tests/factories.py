@@ -215,6 +215,9 @@ def outgoing_mail_to(sink: SMTPSink, email_id: str = "helpdesk@outgoing.test") -
 		}
 	).insert(ignore_permissions=True)
 	frappe.db.commit()
+	# Frappe keeps the outgoing account it found in frappe.local for the rest of the process (a test run
+	# is one process): forget it on the way in and out, so no test sends through a deleted account.
+	frappe.local.outgoing_email_account = {}
 	saved = frappe.flags.testing_email, frappe.flags.mute_emails
 	frappe.flags.testing_email, frappe.flags.mute_emails = True, False
 	try:
@@ -227,6 +230,7 @@ def outgoing_mail_to(sink: SMTPSink, email_id: str = "helpdesk@outgoing.test") -
 		for name in previous_defaults:
 			frappe.db.set_value("Email Account", name, "default_outgoing", 1)
 		frappe.db.commit()
+		frappe.local.outgoing_email_account = {}
 
 
 def flush_outgoing_mail() -> None:
