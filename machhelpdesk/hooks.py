@@ -21,6 +21,10 @@ permission_query_conditions = {
 has_permission = {
 	"MH Ticket": "machhelpdesk.permissions.ticket_has_permission",
 }
+# The customer portal (/mh/): a person sees the tickets they raised, agents included.
+has_website_permission = {
+	"MH Ticket": "machhelpdesk.permissions.ticket_has_website_permission",
+}
 
 # Scheduled tasks: each entry enqueues or delegates; the work lives in intake.py and challenge_response.py.
 scheduler_events = {
@@ -28,6 +32,7 @@ scheduler_events = {
 		"*/5 * * * *": ["machhelpdesk.tasks.enqueue_pulls"],
 	},
 	"hourly": [
+		"machhelpdesk.tasks.close_waiting_tickets",
 		"machhelpdesk.tasks.scrub_sent_challenge_mail",
 		"machhelpdesk.tasks.release_mail_of_confirmed_senders",
 	],
@@ -44,3 +49,18 @@ doc_events = {
 	},
 }
 make_email_body_message = "machhelpdesk.outbound.adjust_outgoing_mail"
+
+# Customer portal under /mh/ (www/mh/): one page per ticket, a menu entry customers see unless the
+# helpdesk is hidden from clients (then portal.update_website_context drops it and the pages answer 404).
+website_route_rules = [
+	{"from_route": "/mh/tickets/<name>", "to_route": "mh/tickets/ticket"},
+]
+standard_portal_menu_items = [
+	{
+		"title": "Support Tickets",
+		"route": "/mh/tickets",
+		"reference_doctype": "MH Ticket",
+		"role": "MH Customer",
+	},
+]
+update_website_context = ["machhelpdesk.portal.update_website_context"]

@@ -6,6 +6,9 @@ Roles grant access; these hooks narrow it. One query-builder criterion per user 
 - Administrator, System Manager and MH Manager: every ticket.
 - MH Agent: tickets of their departments, tickets with no department, and tickets assigned to them.
 - Everyone else (customers with MH Customer): tickets they raised, or whose contact is theirs.
+
+The portal (``has_website_permission``) applies the customers' rule to everyone: on /mh/ an agent, too,
+sees only the tickets they raised.
 """
 
 from pypika.terms import Criterion
@@ -32,9 +35,17 @@ def ticket_criterion(user: str | None = None) -> Criterion | None:
 		if departments:
 			criterion |= ticket.department.isin(departments)
 		return criterion | ticket._assign.like(f'%"{user}"%')
+	return customer_criterion(user)
+
+
+def customer_criterion(user: str) -> Criterion:
+	"""The tickets ``user`` raised: by their address, through their contact, or (with ERPNext) through
+	another contact of the same Customer. The portal shows exactly these, to everyone."""
+	ticket = frappe.qb.DocType("MH Ticket")
 	email = (frappe.db.get_value("User", user, "email") or user).lower()
 	criterion = ticket.raised_by == email
 	contacts = contacts_of(user)
+	contacts += contacts_of_same_customer(contacts)
 	if contacts:
 		criterion |= ticket.contact.isin(contacts)
 	return criterion
@@ -43,6 +54,30 @@ def ticket_criterion(user: str | None = None) -> Criterion | None:
 def contacts_of(user: str) -> list[str]:
 	"""Contacts linked to this website user."""
 	return frappe.get_all("Contact", filters={"user": user}, pluck="name")
+
+
+def contacts_of_same_customer(contacts: list[str]) -> list[str]:
+	"""With ERPNext, the other contacts of the Customers these contacts are linked to."""
+	if not contacts or "erpnext" not in frappe.get_installed_apps():
+		return []
+	customers = frappe.get_all(
+		"Dynamic Link",
+		filters={"parenttype": "Contact", "parent": ("in", contacts), "link_doctype": "Customer"},
+		pluck="link_name",
+	)
+	if not customers:
+		return []
+	return frappe.get_all(
+		"Dynamic Link",
+		filters={
+			"parenttype": "Contact",
+			"link_doctype": "Customer",
+			"link_name": ("in", customers),
+			"parent": ("not in", contacts),
+		},
+		pluck="parent",
+		distinct=True,
+	)
 
 
 def ticket_query_conditions(user: str | None = None) -> str:
@@ -60,4 +95,21 @@ def ticket_has_permission(doc, ptype: str | None = None, user: str | None = None
 	ticket = frappe.qb.DocType("MH Ticket")
 	return bool(
 		frappe.qb.from_(ticket).select(ticket.name).where(ticket.name == doc.name).where(criterion).run()
+	)
+
+
+def ticket_has_website_permission(
+	doc, ptype: str | None = None, user: str | None = None, verbose=False
+) -> bool:
+	"""The portal's rule, for everyone including agents: a person sees the tickets they raised."""
+	user = user or frappe.session.user
+	if user == "Guest" or not doc.name:
+		return False
+	ticket = frappe.qb.DocType("MH Ticket")
+	return bool(
+		frappe.qb.from_(ticket)
+		.select(ticket.name)
+		.where(ticket.name == doc.name)
+		.where(customer_criterion(user))
+		.run()
 	)

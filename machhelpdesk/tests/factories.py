@@ -239,3 +239,45 @@ def flush_outgoing_mail() -> None:
 
 	flush()
 	frappe.db.commit()
+
+
+def make_customer(email: str, password: str, first_name: str | None = None) -> str:
+	"""A customer: Website User with MH Customer, a password and a Contact linked to the user; not committed.
+
+	``reset_intake_data`` deletes them (they are website users with the customer role).
+	"""
+	make_user(email, ("MH Customer",), user_type="Website User")
+	if first_name:
+		frappe.db.set_value("User", email, "first_name", first_name)
+	from frappe.utils.password import update_password
+
+	update_password(email, password)
+	if not frappe.db.exists("Contact", {"user": email}):
+		frappe.get_doc(
+			{
+				"doctype": "Contact",
+				"first_name": first_name or email.split("@")[0],
+				"user": email,
+				"email_ids": [{"email_id": email, "is_primary": 1}],
+			}
+		).insert(ignore_permissions=True)
+	return email
+
+
+def delete_tickets() -> None:
+	"""Delete every ticket with its thread, notes, assignments and files, keeping users and accounts; commit."""
+	for file in frappe.get_all("File", filters={"attached_to_doctype": "MH Ticket"}, pluck="name"):
+		frappe.delete_doc("File", file, force=True, ignore_permissions=True)
+	frappe.db.delete("Communication", {"reference_doctype": "MH Ticket"})
+	frappe.db.delete("Comment", {"reference_doctype": "MH Ticket"})
+	frappe.db.delete("ToDo", {"reference_type": "MH Ticket"})
+	frappe.db.delete("MH Ticket")
+	frappe.db.commit()
+
+
+def save_settings(**values) -> None:
+	"""Change MH Settings through the document (so its cache is cleared for other processes too); commit."""
+	settings = frappe.get_single("MH Settings")
+	settings.update(values)
+	settings.save(ignore_permissions=True)
+	frappe.db.commit()

@@ -22,6 +22,7 @@ class MHSettings(Document):
 		allow_reopen: DF.Check
 		auto_close_after_hours: DF.Int
 		auto_close_tickets: DF.Check
+		auto_close_warning: DF.Check
 		auto_create_accounts: DF.Check
 		challenge_hourly_cap: DF.Int
 		challenge_only_authenticated: DF.Check

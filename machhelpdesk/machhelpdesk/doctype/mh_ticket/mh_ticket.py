@@ -21,6 +21,7 @@ class MHTicket(Document):
 	if TYPE_CHECKING:
 		from frappe.types import DF
 
+		auto_close_warned_on: DF.Datetime | None
 		cc: DF.SmallText | None
 		closed_on: DF.Datetime | None
 		contact: DF.Link | None
@@ -73,6 +74,12 @@ class MHTicket(Document):
 			self.closed_on = now_datetime()
 		elif self.closed_on:
 			self.closed_on = None
+
+	def on_communication_update(self, communication):
+		"""Called by Communication.on_update: an agent's reply or a customer's message moves the status."""
+		from machhelpdesk.status_flow import record_communication
+
+		record_communication(self, communication)
 
 
 def default_status(category: str) -> str | None:
