@@ -178,6 +178,7 @@ def issue_challenge(account, row, parsed, address: str, now: datetime) -> str:
 	frappe.OutgoingEmailError when the site has no outgoing mail account. Both leave nothing behind.
 	"""
 	issued = issue_token(now, timedelta(days=token_days()))
+	messages = len(frappe.local.message_log)
 	frappe.db.savepoint("mh_challenge")
 	try:
 		challenge = frappe.get_doc(
@@ -197,11 +198,11 @@ def issue_challenge(account, row, parsed, address: str, now: datetime) -> str:
 		message_id = send_challenge_mail(account, parsed, address, issued.token, challenge)
 	except frappe.UniqueValidationError as e:
 		frappe.db.rollback(save_point="mh_challenge")
-		frappe.clear_last_message()  # Frappe's "must be unique" notice: nobody needs to see it
+		del frappe.local.message_log[messages:]  # Frappe's "must be unique" notice: nobody needs it
 		raise ChallengeOutstanding(address) from e
 	except frappe.OutgoingEmailError:
 		frappe.db.rollback(save_point="mh_challenge")
-		frappe.clear_last_message()
+		del frappe.local.message_log[messages:]  # the ledger row says why
 		raise
 	frappe.db.set_value(
 		"MH Sender Challenge", challenge.name, "challenge_message_id", message_id, update_modified=False
@@ -274,11 +275,22 @@ def link_held_mail(address: str, challenge: str, status: str) -> None:
 	).run()
 
 
-def end_challenges(address: str | None, status: str, note: str, confirmed_by: str | None = None) -> None:
-	"""Close the address's outstanding challenges (every address's, for None) and tell their held mail."""
+def end_challenges(
+	address: str | None,
+	status: str,
+	note: str,
+	confirmed_by: str | None = None,
+	lapsed_by: datetime | None = None,
+) -> None:
+	"""Close the address's outstanding challenges (every address's, for None) and tell their held mail.
+
+	With ``lapsed_by``, only the challenges that expired by then.
+	"""
 	filters = {"status": OUTSTANDING}
 	if address:
 		filters["email"] = address
+	if lapsed_by:
+		filters["expires_on"] = ("<=", lapsed_by)
 	names = frappe.get_all("MH Sender Challenge", filters=filters, pluck="name")
 	if not names:
 		return
@@ -305,27 +317,7 @@ def end_challenges(address: str | None, status: str, note: str, confirmed_by: st
 
 def expire_lapsed_challenges(now: datetime, address: str | None = None) -> None:
 	"""Outstanding challenges past their expiry become Expired (and free the address for a new one)."""
-	filters = {"status": OUTSTANDING, "expires_on": ("<=", now)}
-	if address:
-		filters["email"] = address
-	names = frappe.get_all("MH Sender Challenge", filters=filters, pluck="name")
-	if not names:
-		return
-	challenge = frappe.qb.DocType("MH Sender Challenge")
-	(
-		frappe.qb.update(challenge)
-		.set(challenge.status, CHALLENGE_EXPIRED)
-		.set(challenge.active_for, None)
-		.set(challenge.note, _("the link expired unused"))
-		.where(challenge.name.isin(names))
-	).run()
-	inbound = frappe.qb.DocType("MH Inbound Mail")
-	(
-		frappe.qb.update(inbound)
-		.set(inbound.challenge_status, CHALLENGE_EXPIRED)
-		.where(inbound.challenge.isin(names))
-		.where(inbound.state == HELD)
-	).run()
+	end_challenges(address, CHALLENGE_EXPIRED, _("the link expired unused"), lapsed_by=now)
 
 
 # --- confirming a sender --------------------------------------------------------------------------------
@@ -394,12 +386,13 @@ def release_mail_from(address: str, reason: str) -> list[str]:
 
 def release_one(name: str, reason: str, create_contact: bool) -> str | None:
 	"""Ticket one held message. A message that cannot be released stays held, and its row says why."""
+	messages = len(frappe.local.message_log)
 	frappe.db.savepoint("mh_release")
 	try:
 		return ticket_from_held(name, reason, create_contact=create_contact)
 	except Exception as e:
 		frappe.db.rollback(save_point="mh_release")
-		frappe.clear_last_message()
+		del frappe.local.message_log[messages:]  # the error is on the row, not in a dialog
 		frappe.db.set_value(
 			"MH Inbound Mail",
 			name,
