@@ -23,8 +23,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.message import Message
-from email.parser import BytesParser
+from email.message import EmailMessage, Message
+from email.parser import BytesFeedParser, BytesParser
 from email.policy import EmailPolicy
 from email.utils import getaddresses, parsedate_to_datetime
 from html import escape as escape_html
@@ -274,22 +274,40 @@ def _surrogate_text(text: str) -> str:
 _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,64})\?([bBqQ])\?(\S{0,2000}?)\?=")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64_ALPHABET)))
 
 
 def _decode_b(text: bytes, *, strict: bool = False) -> bytes | None:
 	"""Decode base64 leniently (missing padding, stray characters); None if nothing sensible is left.
 
-	With `strict` (RFC 2047 words), text with characters outside the base64 alphabet is not base64.
+	The data ends at the first "="; characters outside the base64 alphabet are skipped. With `strict`
+	(RFC 2047 words), text with characters outside the base64 alphabet is not base64.
 	"""
 	if strict and _BASE64_JUNK.search(text.rstrip(b"=")):
 		return None
-	data = _BASE64_JUNK.sub(b"", text.split(b"=", 1)[0])
-	data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
+	end = text.find(b"=")
+	data = (text[:end] if end >= 0 else text).translate(None, _NOT_BASE64)  # one pass, one copy
+	if len(data) % 4 == 1:
+		data = data[:-1]
 	data += b"=" * (-len(data) % 4)
 	try:
 		return binascii.a2b_base64(data)
 	except (binascii.Error, ValueError):
 		return None
+
+
+def _base64_size(text: bytes) -> int:
+	"""Return len(_decode_b(text)) without decoding: count the base64 characters before the first "="."""
+	end = text.find(b"=")
+	if end < 0:
+		end = len(text)
+	tail = text[end:]
+	digits = len(text) - len(text.translate(None, _BASE64_ALPHABET))
+	digits -= len(tail) - len(tail.translate(None, _BASE64_ALPHABET))
+	if digits % 4 == 1:
+		digits -= 1
+	return digits // 4 * 3 + max(digits % 4 - 1, 0)
 
 
 def _decode_q(text: bytes) -> bytes:
@@ -425,7 +443,8 @@ def parse_message_id_list(values: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Addresses
 
-_ADDRESS_PART = r"[^\s@<>()\[\],;:\\\"]+"
+# No control characters (NUL, DEL ...) either: no mail system delivers to such an address.
+_ADDRESS_PART = r"[^\s@<>()\[\],;:\\\"\x00-\x1f\x7f]+"
 _VALID_ADDRESS = re.compile(rf"{_ADDRESS_PART}@{_ADDRESS_PART}")
 
 
@@ -604,6 +623,26 @@ def _limit_nesting(html: str, limit: int = MAX_HTML_DEPTH) -> str:
 	return _TAG.sub(keep_or_drop, html)
 
 
+_CSS_FUNCTION = re.compile(r"([-\w]*)\s*\(")
+_CSS_COLOUR_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla"})
+
+
+def _safe_style(style: str) -> str | None:
+	"""Return the declarations of a style attribute that call no CSS function but a colour one.
+
+	The property allow-list keeps url() properties out, but any value may hold expression() (which old
+	Internet Explorer runs) or a CSS escape or comment that spells one; such declarations go whole.
+	"""
+	kept = []
+	for declaration in style.split(";"):
+		if "\\" in declaration or "/*" in declaration:
+			continue
+		if any(name.lower() not in _CSS_COLOUR_FUNCTIONS for name in _CSS_FUNCTION.findall(declaration)):
+			continue
+		kept.append(declaration)
+	return ";".join(kept) if any(declaration.strip() for declaration in kept) else None
+
+
 def _protocol_relative(url: str) -> str | None:
 	"""Turn a protocol-relative URL ("//cdn.example/x.png") into https; drop any other relative URL."""
 	return "https:" + url if url.startswith("//") else None
@@ -632,6 +671,8 @@ def sanitize_html(html: str) -> str:
 			url = "https:" + url
 		if attribute == "href":
 			return url if url.lower().startswith(_LINK_SCHEMES) else None
+		if attribute == "style":
+			return _safe_style(value)
 		if attribute != "src":
 			return value
 		if tag != "img":
@@ -791,7 +832,25 @@ class _PlainHeaderPolicy(EmailPolicy):
 		return value
 
 
-_POLICY = _PlainHeaderPolicy()
+class _Message(EmailMessage):
+	"""EmailMessage whose RFC 2231 parameter values carry only charset labels Python can decode with.
+
+	get_boundary, get_filename and get_content_charset hand the label of a value like
+	`boundary*=utf-8''abc` to str(), which raises UnicodeEncodeError, ValueError or UnicodeError on a label
+	with 8-bit bytes or NUL, or naming idna or punycode; the parser itself calls get_boundary, so one such
+	label failed the whole message. A label that decode_bytes would not use reads as UTF-8.
+	"""
+
+	def get_param(
+		self, param: str, failobj: object = None, header: str = "content-type", unquote: bool = True
+	) -> object:
+		value = super().get_param(param, failobj, header, unquote)
+		if isinstance(value, tuple) and len(value) == 3 and value[0] is not None:
+			value = (_lookup_charset(value[0]) or "utf-8", value[1], value[2])
+		return value
+
+
+_POLICY = _PlainHeaderPolicy(message_factory=_Message)
 _PARSER = BytesParser(policy=_POLICY)  # stateless between calls: each parse makes its own FeedParser
 
 
@@ -871,7 +930,7 @@ def _recover_multipart(body: str, content_type: str, linesep: str) -> Message | 
 	header = f'Content-Type: {content_type}; boundary="{boundary}"{linesep}{linesep}'
 	rebuilt = (header + body).encode("utf-8", "surrogateescape")
 	try:
-		recovered = _PARSER.parsebytes(rebuilt)
+		recovered = _parse_bytes(rebuilt)
 	except RecursionError:
 		return None
 	payload = _raw_payload(recovered)
@@ -1131,21 +1190,49 @@ class _MessageReader:
 	def _add_attachment(
 		self, part: Message, content_type: str, disposition: str | None, filename: str | None, where: str
 	) -> None:
-		"""Record a leaf part as an attachment (empty unnamed parts are skipped)."""
-		data = _decode_payload(part, self.defects, where)
+		"""Record a leaf part as an attachment (empty unnamed parts are skipped).
+
+		A base64 part larger than max_attachment_size is measured, never decoded.
+		"""
 		content_id = _content_id(part)
-		if not data.strip() and not filename:
-			return
 		inline = disposition == "inline" or (disposition is None and content_id is not None)
+		size = self._base64_size_over_limit(part)
+		if size is not None:
+			self._append_attachment(filename, content_type, b"", content_id, inline, size=size)
+			return
+		data = _decode_payload(part, self.defects, where)
+		if (not data or data.isspace()) and not filename:
+			return
 		self._append_attachment(filename, content_type, data, content_id, inline)
 
+	def _base64_size_over_limit(self, part: Message) -> int | None:
+		"""Return the decoded size of a base64 part when it is over max_attachment_size, else None."""
+		payload = _raw_payload(part)
+		if (
+			self.max_attachment_size is None
+			or not isinstance(payload, str)
+			or len(payload) // 4 * 3 <= self.max_attachment_size  # base64 never decodes to more
+			or _transfer_encoding(part) != "base64"
+		):
+			return None
+		size = _base64_size(payload.encode("utf-8", "surrogateescape"))
+		return size if size > self.max_attachment_size else None
+
 	def _append_attachment(
-		self, filename: str | None, content_type: str, data: bytes, content_id: str | None, inline: bool
+		self,
+		filename: str | None,
+		content_type: str,
+		data: bytes,
+		content_id: str | None,
+		inline: bool,
+		*,
+		size: int | None = None,
 	) -> None:
-		"""Append an Attachment with a safe name, honouring max_attachment_size."""
+		"""Append an Attachment with a safe name, honouring max_attachment_size (`size` when `data` was
+		not decoded)."""
 		index = len(self.attachments) + 1
 		name = safe_filename(filename, content_type=content_type, index=index)
-		size = len(data)
+		size = len(data) if size is None else size
 		oversized = self.max_attachment_size is not None and size > self.max_attachment_size
 		self.attachments.append(
 			Attachment(
@@ -1253,10 +1340,26 @@ def _raw_values(root: Message, name: str, limit: int = MAX_HEADER_VALUE) -> list
 	return [str(value)[:limit] for key, value in root.raw_items() if key.lower() == wanted]
 
 
+_FEED_CHUNK = 64 * 1024
+
+
+def _parse_bytes(data: bytes) -> Message:
+	"""Parse bytes with the stdlib parser, fed in slices.
+
+	BytesParser.parsebytes first copies the whole input into a str and that into a StringIO, at four
+	bytes per character: a 50 MB message cost 520 MB before the parser read a line. Fed in slices, the
+	memory is the parser's own lines and parts. The result is the same: parsebytes feeds the same parser.
+	"""
+	feeder = BytesFeedParser(policy=_POLICY)
+	for start in range(0, len(data), _FEED_CHUNK):
+		feeder.feed(data[start : start + _FEED_CHUNK])
+	return feeder.close()
+
+
 def _parse_tree(data: bytes, defects: list[str]) -> Message:
 	"""Parse bytes with the stdlib; on a structure too deep to parse, keep the headers and the raw body."""
 	try:
-		return _PARSER.parsebytes(data)
+		return _parse_bytes(data)
 	except RecursionError:
 		_note(defects, "MIME structure nested too deeply to parse; body kept as raw text")
 	return _PARSER.parsebytes(data, headersonly=True)
@@ -1266,12 +1369,12 @@ def parse_message(raw: bytes, *, max_attachment_size: int | None = None) -> Pars
 	"""Parse the raw bytes of one email into a ParsedMessage.
 
 	Attachments larger than `max_attachment_size` bytes (when given) are listed with content=b"" and
-	oversized=True. Raises MessageParseError, and only that, when `raw` is empty or not a message.
+	oversized=True, and the size they decode to (base64 ones are measured, not decoded). Raises MessageParseError, and only that, when `raw` is empty or not a message.
 	"""
 	if not isinstance(raw, bytes | bytearray | memoryview):
 		raise MessageParseError(f"expected bytes, got {type(raw).__name__}")
 	raw = bytes(raw)
-	if not raw.strip():
+	if not raw or raw.isspace():  # not raw.strip(): that copies the whole message
 		raise MessageParseError("empty message")
 	try:
 		return _parse(raw, max_attachment_size)

@@ -145,10 +145,39 @@ def tag_subject(subject: str, ticket_name: str) -> str:
 	return f"{head}{tag} {rest}" if rest else f"{head}{tag}"
 
 
+def _drop_ticket_tags(text: str) -> str:
+	"""Replace each "[#...]" tag (_TICKET_TAG) with a space, and again each tag that this makes
+	("[#[#a]]" -> "[# ]" -> " "), in one linear pass: what repeated _TICKET_TAG.sub would give."""
+	out: list[str] = []
+	frames: list[list[int]] = []  # open "[#": [its index in out, characters inside it so far]
+	position = 0
+	while position < len(text):
+		char = text[position]
+		position += 1
+		if char == "[" and text.startswith("#", position):
+			frames.append([len(out), 0])
+			out.append("[#")
+			position += 1
+			continue
+		if char == "]" and frames:
+			start, inside = frames.pop()
+			if 1 <= inside <= 64:
+				del out[start:]
+				char = " "
+			else:
+				frames.clear()  # every open "[#" now holds a bracket and can no longer be a tag
+		elif char == "[":
+			frames.clear()
+		if frames:
+			frames[-1][1] += 1
+		out.append(char)
+	return "".join(out)
+
+
 def strip_reply_prefixes(subject: str) -> str:
 	"""Return `subject` without leading reply/forward prefixes (repeated, any language listed above) and
 	without "[#...]" ticket tags anywhere, whitespace collapsed. For display and subject matching."""
-	text = _TICKET_TAG.sub(" ", subject or "")
+	text = _drop_ticket_tags(subject or "")
 	while True:
 		match = _REPLY_PREFIX.match(text)
 		if match is None or not match.group(0):
