@@ -9,14 +9,27 @@ into one of a few exception classes whose text an administrator can act on. Pass
 		state = session.select("INBOX")
 		for message in session.fetch(session.uids_since(last_uid)):
 			...
+
+An OAuth2 mailbox (Microsoft 365, Google Workspace) logs in with an access token instead of a password
+(SASL XOAUTH2, or OAUTHBEARER where the server offers it): ``IMAPSettings(..., password="", access_token=token)``.
+
+Waiting for new mail (IMAP IDLE, RFC 2177, with NOOP polling for servers without it):
+
+	with MailboxSession(settings) as session:
+		session.select("INBOX", readonly=True)
+		for news in session.watch(renew_seconds=25 * 60):
+			if news.new_mail:
+				...  # queue a pull; the watcher never reads messages itself
 """
 
 from __future__ import annotations
 
 import imaplib
 import re
+import select
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +52,11 @@ SELF_SIGNED_HINT = (
 
 # One FETCH per batch of this many UIDs for the small items (sizes, Message-IDs).
 SMALL_ITEM_BATCH = 500
+# RFC 2177: a client should re-issue IDLE at least every 29 minutes, or the server may log it out.
+IDLE_RENEW_SECONDS = 25 * 60.0
+# Servers without IDLE are asked with NOOP this often.
+POLL_SECONDS = 60.0
+OAUTH_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
 FETCH_ITEMS = ["BODY.PEEK[]", "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
 MESSAGE_ID_ITEM = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 
@@ -54,6 +72,9 @@ _NOT_TLS_REASONS = {
 _BYTES_REPR = re.compile(r"""^b(['"])(.*)\1$""", re.DOTALL)
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _FOLDED = re.compile(rb"\r?\n[ \t]+")
+# Untagged responses that matter while waiting: "* 3 EXISTS", "* 1 RECENT", "* 2 EXPUNGE", "* BYE ...".
+_COUNTED_RESPONSE = re.compile(rb"^\* (\d+) (EXISTS|RECENT|EXPUNGE)\b", re.IGNORECASE)
+_STATUS_RESPONSE = re.compile(rb"^\* (BYE|OK|NO|BAD)\b ?(.*)$", re.IGNORECASE | re.DOTALL)
 
 
 class Encryption(str, Enum):
@@ -105,6 +126,10 @@ class IMAPSettings:
 	ca_file: str | None = None
 	# Connect and read timeout, in seconds.
 	timeout: float = 30.0
+	# OAuth2: when set, log in with this bearer token (XOAUTH2 / OAUTHBEARER) instead of the password.
+	access_token: str = ""
+	# "XOAUTH2" or "OAUTHBEARER" to insist on one; empty: OAUTHBEARER where offered, else XOAUTH2.
+	oauth_mechanism: str = ""
 
 	@property
 	def address(self) -> str:
@@ -128,12 +153,20 @@ class IMAPAuthError(IMAPError):
 	"""The server rejected the user name or password (or refuses passwords on this connection)."""
 
 
+class IMAPTokenError(IMAPAuthError):
+	"""The server rejected an OAuth2 access token: expired, revoked, for another user, or without the mail scope."""
+
+
 class IMAPFolderError(IMAPError):
 	"""A folder does not exist or cannot be opened or created."""
 
 
 class IMAPCommandError(IMAPError):
 	"""The server refused a command on an otherwise healthy connection."""
+
+
+class IMAPNoIdleError(IMAPCommandError):
+	"""The server does not offer IDLE (RFC 2177); poll it with NOOP instead (`watch` does)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +187,24 @@ class FetchedMessage:
 	raw: bytes
 	flags: tuple[bytes, ...]
 	internal_date: datetime | None
+
+
+@dataclass(frozen=True)
+class MailboxNews:
+	"""What the server reported on its own about the open folder (while idling, or in answer to NOOP).
+
+	`new_mail` is the only thing a watcher acts on: an EXISTS response (servers send it when messages
+	arrive; expunges are reported with EXPUNGE instead), or a RECENT count that grew.
+	"""
+
+	exists: int | None = None
+	recent: int | None = None
+	expunged: int = 0
+	new_mail: bool = False
+	lines: tuple[bytes, ...] = ()
+
+	def __bool__(self) -> bool:
+		return bool(self.lines)
 
 
 @dataclass
@@ -211,6 +262,12 @@ class MailboxSession:
 		self._lost = False
 		self._selected: str | None = None
 		self._known_folders: set[str] = set()
+		self._idling = False
+		self._last_idle_start = 0.0
+		self._recent: int | None = None
+		# How many IDLE commands this session has issued (renewals included), and how it last waited.
+		self.idle_count = 0
+		self.watch_mode = ""
 
 	# -- lifecycle -----------------------------------------------------------------------------
 
@@ -262,6 +319,12 @@ class MailboxSession:
 		self._selected = None
 		if client is None:
 			return
+		if self._idling and not self._lost:
+			try:
+				client.idle_done()
+			except Exception:
+				self._lost = True  # a server that does not answer DONE will not answer LOGOUT either
+		self._idling = False
 		if not self._lost:
 			try:
 				client.logout()
@@ -307,6 +370,9 @@ class MailboxSession:
 	def _login(self, client: imapclient.IMAPClient) -> None:
 		settings = self.settings
 		capabilities = self._guarded("ask for the server's capabilities", client.capabilities)
+		if settings.access_token:
+			self._oauth_login(client, capabilities)
+			return
 		if b"LOGINDISABLED" in capabilities:
 			raise IMAPAuthError(
 				f"The server at {settings.address} does not accept passwords on this connection; "
@@ -347,6 +413,41 @@ class MailboxSession:
 			) from None
 		except Exception as exc:
 			raise self._command_error(exc, "log in") from exc
+
+	def _oauth_login(self, client: imapclient.IMAPClient, capabilities: tuple[bytes, ...]) -> None:
+		"""SASL XOAUTH2 or OAUTHBEARER (RFC 7628) with the access token; its text never reaches a message."""
+		settings = self.settings
+		mechanism = choose_oauth_mechanism(capabilities, settings.oauth_mechanism)
+		if mechanism is None:
+			wanted = settings.oauth_mechanism or " or ".join(OAUTH_MECHANISMS)
+			raise IMAPAuthError(
+				f"The server at {settings.address} does not offer OAuth2 logins ({wanted}) on this connection. "
+				f"Check the server name and port, or use a password."
+			)
+		try:
+			if mechanism == "OAUTHBEARER":
+				client.oauthbearer_login(settings.username, settings.access_token)
+			else:
+				client.oauth2_login(settings.username, settings.access_token)
+		except LoginError as exc:
+			text = _server_text(exc, settings.access_token)
+			if text.startswith(("socket error", "command: ")) or "EOF" in text:
+				self._lost = True
+				raise IMAPConnectError(
+					f"The connection to {settings.address} was lost while logging in ({text})."
+				) from None
+			if "UNAVAILABLE" in text.upper():
+				raise IMAPError(
+					f"The server at {settings.address} could not check the OAuth token just now "
+					f"(temporary failure: {text}). Try again later."
+				) from None
+			raise IMAPTokenError(
+				f"The server at {settings.address} rejected the OAuth access token for {settings.username!r} "
+				f"({mechanism}: {text}). The token may have expired or been revoked, may belong to another "
+				f"mailbox, or may lack the mail scope: authorize the account again."
+			) from None
+		except Exception as exc:
+			raise self._command_error(exc, "log in with OAuth") from exc
 
 	# -- error translation ---------------------------------------------------------------------
 
@@ -494,6 +595,171 @@ class MailboxSession:
 		"""Send NOOP: keeps the connection alive and lets the server report news."""
 		self._guarded("send NOOP", self.client.noop)
 
+	# -- waiting for news: IDLE (RFC 2177), or NOOP polling ------------------------------------------
+
+	@property
+	def idling(self) -> bool:
+		"""True between `start_idle` and `end_idle`; no other command may be sent meanwhile."""
+		return self._idling
+
+	def start_idle(self) -> None:
+		"""Enter IDLE on the open folder. Raises `IMAPNoIdleError` when the server lacks IDLE."""
+		client = self._require_selected("wait for new mail")
+		if self._idling:
+			return
+		if not self.has_idle():
+			raise IMAPNoIdleError(
+				f"The server at {self.settings.address} does not offer IDLE, so new mail can only be noticed by "
+				f"asking every now and then."
+			)
+		self._guarded("start waiting for new mail (IDLE)", client.idle)
+		self._idling = True
+		self.idle_count += 1
+		self._last_idle_start = time.monotonic()
+
+	def idle_check(self, timeout: float) -> MailboxNews:
+		"""Wait at most `timeout` seconds for the server to report something while idling.
+
+		Returns an empty `MailboxNews` when nothing came. Raises `IMAPConnectError` when the connection is
+		gone: the server said BYE, closed the socket, or sent half a line and fell silent.
+		"""
+		if not self._idling:
+			raise IMAPError("IDLE has not been started: call start_idle() first.")
+		return self._news(self._read_idle_lines(timeout))
+
+	def end_idle(self) -> MailboxNews:
+		"""Leave IDLE (DONE) and return what the server reported meanwhile. A server that does not answer DONE
+		within the read timeout has stopped answering: that raises `IMAPConnectError`."""
+		if not self._idling:
+			return MailboxNews()
+		self._idling = False
+		_text, responses = self._guarded("stop waiting for new mail (IDLE)", self.client.idle_done)
+		return self._news([_response_line(item) for item in responses])
+
+	def poll_news(self) -> MailboxNews:
+		"""NOOP, for servers without IDLE: the answer carries EXISTS when mail arrived since the last command."""
+		_text, responses = self._guarded("ask for news (NOOP)", self.client.noop)
+		return self._news([_response_line(item) for item in responses])
+
+	def watch(
+		self,
+		*,
+		renew_seconds: float = IDLE_RENEW_SECONDS,
+		poll_seconds: float = POLL_SECONDS,
+		tick: float = 1.0,
+		use_idle: bool | None = None,
+	) -> Iterator[MailboxNews]:
+		"""Wait for news on the open folder, for as long as the caller iterates.
+
+		With IDLE (when the server has it and `use_idle` is not False), IDLE is re-issued every `renew_seconds`
+		(RFC 2177 asks for less than 29 minutes); a server that stopped answering is found out then, since it
+		does not answer DONE. Without IDLE, NOOP is sent every `poll_seconds`.
+
+		Yields at least every `tick` seconds, an empty `MailboxNews` when nothing happened, so the caller can
+		decide to stop: leaving the loop (or closing the generator) ends IDLE politely. Raises
+		`IMAPConnectError` when the connection drops.
+		"""
+		if renew_seconds <= 0 or poll_seconds <= 0 or tick <= 0:
+			raise ValueError("renew_seconds, poll_seconds and tick must be positive")
+		self._require_selected("wait for new mail")
+		idle = self.has_idle() if use_idle is None else (use_idle and self.has_idle())
+		self.watch_mode = "idle" if idle else "poll"
+		try:
+			if idle:
+				yield from self._watch_idle(renew_seconds, tick)
+			else:
+				yield from self._watch_polling(poll_seconds, tick)
+		finally:
+			if self._idling and not self._lost:
+				try:
+					self.end_idle()
+				except IMAPError:
+					pass  # the connection is being closed anyway
+			self._idling = False
+
+	def _watch_idle(self, renew_seconds: float, tick: float) -> Iterator[MailboxNews]:
+		self.start_idle()
+		while True:
+			renew_at = self._last_idle_start + renew_seconds
+			wait = min(tick, max(0.0, renew_at - time.monotonic()))
+			news = self.idle_check(wait)
+			if time.monotonic() >= renew_at:
+				done = self.end_idle()
+				if done:
+					news = _merge_news(news, done)
+				self.start_idle()
+			yield news
+
+	def _watch_polling(self, poll_seconds: float, tick: float) -> Iterator[MailboxNews]:
+		next_poll = time.monotonic()
+		while True:
+			now = time.monotonic()
+			if now >= next_poll:
+				next_poll = now + poll_seconds
+				yield self.poll_news()
+			else:
+				time.sleep(min(tick, next_poll - now))
+				yield MailboxNews()
+
+	def _read_idle_lines(self, timeout: float) -> list[bytes]:
+		"""Whole response lines that arrive within `timeout` seconds (none when the server stays quiet)."""
+		client = self.client
+		# imapclient reads through imaplib; IMAP4.readline() is imaplib's documented way to read one line.
+		imap = client._imap
+		sock = client.socket()
+		if not (_buffered(imap, sock) or _wait_readable(sock, timeout)):
+			return []
+		lines: list[bytes] = []
+		while True:
+			try:
+				line = imap.readline()
+			except Exception as exc:
+				raise self._command_error(exc, "wait for new mail") from exc
+			if not line:
+				self._lost = True
+				raise IMAPConnectError(
+					f"The server at {self.settings.address} closed the connection while we waited for new mail."
+				)
+			if not line.endswith(b"\n"):
+				self._lost = True
+				raise IMAPConnectError(
+					f"The connection to {self.settings.address} broke off in the middle of a response while we "
+					f"waited for new mail."
+				)
+			lines.append(line.rstrip(b"\r\n"))
+			if not (_buffered(imap, sock) or _wait_readable(sock, 0)):
+				return lines
+
+	def _news(self, lines: list[bytes]) -> MailboxNews:
+		exists = recent = None
+		expunged = 0
+		new_mail = False
+		for line in lines:
+			counted = _COUNTED_RESPONSE.match(line)
+			if counted:
+				number, kind = int(counted.group(1)), counted.group(2).upper()
+				if kind == b"EXISTS":
+					exists = number
+					new_mail = True
+				elif kind == b"RECENT":
+					if self._recent is not None and number > self._recent:
+						new_mail = True
+					recent = self._recent = number
+				else:
+					expunged += 1
+				continue
+			status = _STATUS_RESPONSE.match(line)
+			if status and status.group(1).upper() == b"BYE":
+				self._lost = True
+				self._idling = False
+				text = status.group(2).decode("utf-8", "replace").strip()
+				raise IMAPConnectError(
+					f"The server at {self.settings.address} ended the connection ({text or 'BYE'})."
+				)
+		return MailboxNews(
+			exists=exists, recent=recent, expunged=expunged, new_mail=new_mail, lines=tuple(lines)
+		)
+
 	# -- folders -------------------------------------------------------------------------------
 
 	def list_folders(self) -> list[str]:
@@ -532,6 +798,7 @@ class MailboxSession:
 			)
 		self._selected = folder
 		self._known_folders.add(folder)
+		self._recent = int(info[b"RECENT"]) if b"RECENT" in info else None
 		uidnext = info.get(b"UIDNEXT")
 		return FolderState(
 			uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -691,6 +958,70 @@ class MailboxSession:
 		else:
 			# Without UIDPLUS, EXPUNGE also removes other messages someone marked \Deleted in this folder.
 			self._guarded(action, client.expunge)
+
+
+def choose_oauth_mechanism(capabilities: Iterable[bytes | str], wanted: str = "") -> str | None:
+	"""The SASL mechanism for an OAuth2 login: `wanted` if the server offers it, else OAUTHBEARER (RFC 7628)
+	where offered, else XOAUTH2 (Google's and Microsoft's older mechanism); None when it offers neither."""
+	offered = {
+		(item.decode("ascii", "replace") if isinstance(item, bytes) else str(item)).upper()
+		for item in capabilities
+	}
+	choices = [wanted.strip().upper()] if wanted and wanted.strip() else list(OAUTH_MECHANISMS)
+	return next((mechanism for mechanism in choices if f"AUTH={mechanism}" in offered), None)
+
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+	"""True when the socket has something to read (or was closed) within `timeout` seconds."""
+	if isinstance(sock, ssl.SSLSocket) and sock.pending():
+		return True
+	try:
+		if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
+			poller = select.poll()
+			poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR)
+			return bool(poller.poll(max(0.0, timeout) * 1000))
+		readable, _w, _x = select.select([sock], [], [], max(0.0, timeout))
+	except (OSError, ValueError):
+		return True  # a closed socket: let the read find out and say so
+	return bool(readable)
+
+
+def _buffered(imap: imaplib.IMAP4, sock: socket.socket) -> bool:
+	"""True when a response is already read from the socket but not yet consumed (imaplib's buffer or TLS), so
+	waiting on the socket would not see it."""
+	if isinstance(sock, ssl.SSLSocket) and sock.pending():
+		return True
+	reader = getattr(imap, "file", None)
+	peek = getattr(reader, "peek", None)
+	if peek is None:
+		return False
+	previous = sock.gettimeout()
+	sock.setblocking(False)
+	try:
+		return bool(peek(1))
+	except (OSError, ValueError):
+		return False
+	finally:
+		sock.settimeout(previous)
+
+
+def _response_line(item: tuple) -> bytes:
+	"""An imapclient-parsed untagged response, e.g. ``(3, b"EXISTS")``, as the line it came from."""
+	return b"* " + b" ".join(
+		part if isinstance(part, bytes) else str(part).encode()
+		for part in item
+		if not isinstance(part, tuple)
+	)
+
+
+def _merge_news(first: MailboxNews, second: MailboxNews) -> MailboxNews:
+	return MailboxNews(
+		exists=second.exists if second.exists is not None else first.exists,
+		recent=second.recent if second.recent is not None else first.recent,
+		expunged=first.expunged + second.expunged,
+		new_mail=first.new_mail or second.new_mail,
+		lines=first.lines + second.lines,
+	)
 
 
 def _uid_list(uids: int | Iterable[int]) -> list[int]:

@@ -429,7 +429,8 @@ protocol imap {{
 		`hint` (e.g. the test's name) is folded into the name so the Dovecot log is easy to read.
 		"""
 		self._serial += 1
-		stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", hint).strip("-.")[:40] or "user"
+		# Lower case: Dovecot's default auth_username_format (%Lu) lowercases the name at login.
+		stem = re.sub(r"[^a-z0-9_.-]+", "-", hint.lower()).strip("-.")[:40] or "user"
 		name = f"{stem}-{self._serial}-{secrets.token_hex(3)}"
 		password = secrets.token_urlsafe(12) if password is None else password
 		self.add_user(name, password)
@@ -638,6 +639,21 @@ protocol imap {{
 		deadline = time.monotonic() + 5
 		while time.monotonic() < deadline and self._connected(masks):
 			time.sleep(0.05)
+
+	def sessions(self, user: str) -> list[int]:
+		"""Process ids of the IMAP sessions `user` has open now (empty when nobody is logged in as them)."""
+		result = subprocess.run(
+			[self._doveadm, "-c", self.config_path, "who", "-1", user],
+			capture_output=True,
+			timeout=30,
+			check=False,
+		)
+		pids = []
+		for line in result.stdout.decode(errors="replace").splitlines()[1:]:
+			fields = line.split()
+			if len(fields) >= 3 and fields[0] == user and fields[2].isdigit():
+				pids.append(int(fields[2]))
+		return pids
 
 	def _connected(self, masks: list[str]) -> bool:
 		result = subprocess.run(
