@@ -19,7 +19,9 @@ from machhelpdesk.testing.dovecot import Dovecot
 from tests.test_imap import make_message, settings_for
 
 # Dovecot without IDLE: the same capabilities minus IDLE (and minus NOTIFY, which implies it).
-NO_IDLE_CONFIG = "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ UIDPLUS MOVE UNSELECT\n"
+NO_IDLE_CONFIG = (
+	"imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ UIDPLUS MOVE UNSELECT\n"
+)
 
 
 @pytest.fixture
@@ -135,7 +137,7 @@ def test_kicked_connection_is_detected(dovecot, dovecot_user, session):
 	next(watch)
 	dovecot.kill_connections(dovecot_user[0])
 	started = time.monotonic()
-	with pytest.raises(IMAPConnectError, match="ended the connection|closed the connection"):
+	with pytest.raises(IMAPConnectError, match=r"ended the connection|closed the connection"):
 		for _news in watch:
 			assert time.monotonic() - started < 10, "the dropped connection went unnoticed"
 	assert time.monotonic() - started < 5
@@ -169,7 +171,7 @@ def test_silent_server_is_detected_at_renewal(dovecot, dovecot_user):
 		os.kill(pid, signal.SIGSTOP)
 		try:
 			started = time.monotonic()
-			with pytest.raises(IMAPConnectError, match="lost|closed"):
+			with pytest.raises(IMAPConnectError, match=r"lost|closed"):
 				for _news in watch:
 					assert time.monotonic() - started < 10, "the silent server went unnoticed"
 			assert time.monotonic() - started < 5

@@ -51,7 +51,7 @@ def dovecot_oauth2_config(
 	)
 	# Dovecot's auth process runs as an unprivileged user and must read the file.
 	os.chmod(path, 0o644)
-	os.chmod(directory, 0o755)
+	os.chmod(directory, 0o755)  # noqa: S103 - test data only
 	return f"""
 auth_mechanisms = plain login xoauth2 oauthbearer
 passdb {{
@@ -113,7 +113,7 @@ class IntrospectionServer:
 				self.end_headers()
 				self.wfile.write(body)
 
-			def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+			def log_message(self, format: str, *args: object) -> None:
 				pass
 
 		self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
