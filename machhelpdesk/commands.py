@@ -1,4 +1,4 @@
-"""Bench commands: `bench --site SITE mh-fetch [--account NAME] [--dry-run]`."""
+"""Bench commands: `bench --site SITE mh-fetch [--account NAME] [--dry-run]`, `mh-rules-test`, `mh-idle`."""
 
 from pathlib import Path
 
@@ -93,4 +93,63 @@ def mh_rules_test(context, account, last, eml, rules):
 		frappe.destroy()
 
 
-commands = [mh_fetch, mh_rules_test]
+@click.command("mh-idle")
+@click.option(
+	"--site",
+	"sites",
+	multiple=True,
+	help="Watch only this site (repeatable). Default: every site of the bench that has machhelpdesk.",
+)
+@click.option(
+	"--renew-seconds",
+	type=float,
+	default=None,
+	help="Re-issue IDLE this often (default 1500 s; RFC 2177 asks for less than 29 minutes).",
+)
+@click.option(
+	"--poll-seconds",
+	type=float,
+	default=None,
+	help="Ask servers without IDLE for new mail this often (default 60 s).",
+)
+@click.option(
+	"--refresh-seconds",
+	type=float,
+	default=None,
+	help="Re-read the accounts this often, to notice added, changed and disabled ones (default 30 s).",
+)
+@click.pass_context
+def mh_idle(ctx, sites, renew_seconds, poll_seconds, refresh_seconds):
+	"""Watch the helpdesk's IMAP accounts with IMAP IDLE and queue a pull the moment mail arrives.
+
+	One long-running process for the whole bench, next to the workers (see the README). It stops on
+	SIGTERM or Ctrl-C. `bench --site SITE mh-idle` watches that site only.
+	"""
+	import logging
+	import os
+
+	from machhelpdesk.idle import WatchOptions, run_watcher
+
+	chosen = list(sites)
+	parent = ctx.parent
+	while not chosen and parent is not None:
+		if parent.params.get("site"):
+			chosen = [] if parent.params["site"] == "all" else [parent.params["site"]]
+			break
+		parent = parent.parent
+	defaults = WatchOptions()
+	options = WatchOptions(
+		renew_seconds=renew_seconds or defaults.renew_seconds,
+		poll_seconds=poll_seconds or defaults.poll_seconds,
+		refresh_seconds=refresh_seconds or defaults.refresh_seconds,
+	)
+	for value in (options.renew_seconds, options.poll_seconds, options.refresh_seconds):
+		if value <= 0:
+			raise click.UsageError("The intervals must be positive numbers of seconds.")
+	logging.basicConfig(
+		level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s", force=True
+	)
+	run_watcher(chosen or None, os.getcwd(), options)
+
+
+commands = [mh_fetch, mh_rules_test, mh_idle]

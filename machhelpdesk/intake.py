@@ -43,6 +43,7 @@ from machhelpdesk.engine.loops import Automation, bounced_message_ids, classify_
 from machhelpdesk.engine.message import MessageParseError, ParsedMessage, parse_message
 from machhelpdesk.engine.rules import Decision, apply_rules
 from machhelpdesk.engine.threads import choose_thread, find_ticket_numbers, thread_message_ids
+from machhelpdesk.oauth import OAuthTokenError, disable_for_token_failure, renew_refused_token
 
 MAX_ATTEMPTS = 3
 # Errors of the site's disk, not of the attachment: the message must wait on the server.
@@ -209,7 +210,18 @@ def pull_account(account: str, dry_run: bool = False, progress: Callable[[str], 
 			return summary.as_dict() | {"text": summary.text()}
 		doc = frappe.get_doc("MH IMAP Account", account)
 		try:
-			MailboxPull(doc, summary, dry_run=dry_run, progress=progress).run()
+			try:
+				MailboxPull(doc, summary, dry_run=dry_run, progress=progress).run()
+			except transport.IMAPTokenError:
+				# The server refused an OAuth2 token the cache thought valid: one new token, one more try.
+				if dry_run or not renew_refused_token(doc):
+					raise
+				MailboxPull(doc, summary, dry_run=dry_run, progress=progress).run()
+		except (transport.IMAPTokenError, OAuthTokenError) as e:
+			# Only a person can authorize again: pulling stops here, with a message on the account's form.
+			summary.error = str(e)
+			if not dry_run:
+				disable_for_token_failure(doc, e)
 		except transport.IMAPError as e:
 			summary.error = str(e)
 			if not dry_run:

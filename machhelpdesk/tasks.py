@@ -7,7 +7,7 @@ PULL_TIMEOUT = 60 * 60  # a long first sync of a big folder may take a while
 
 
 def enqueue_pulls() -> None:
-	"""Every 5 minutes: one deduplicated pull job per enabled account, on the long queue.
+	"""Every 5 minutes: one deduplicated pull job per enabled account that needs one, on the long queue.
 
 	When the job queue (Redis) cannot be reached, that is logged once, in plain words, and nothing
 	else happens: the next run catches up, since a pull takes everything since the last one.
@@ -15,7 +15,10 @@ def enqueue_pulls() -> None:
 	from redis.exceptions import ConnectionError as RedisConnectionError
 	from redis.exceptions import TimeoutError as RedisTimeoutError
 
-	accounts = frappe.get_all("MH IMAP Account", filters={"enabled": 1}, pluck="name")
+	from machhelpdesk.idle import accounts_due_for_scheduled_pull
+
+	# Accounts that bench mh-idle watches with IDLE get only the safety-net pull, every 30 minutes.
+	accounts = accounts_due_for_scheduled_pull()
 	try:
 		for account in accounts:
 			enqueue_pull(account)
@@ -35,10 +38,15 @@ def enqueue_pull(account: str) -> None:
 		"machhelpdesk.intake.pull_account",
 		queue="long",
 		timeout=PULL_TIMEOUT,
-		job_id=f"machhelpdesk:pull:{frappe.local.site}:{account}",
+		job_id=pull_job_id(account),
 		deduplicate=True,
 		account=account,
 	)
+
+
+def pull_job_id(account: str) -> str:
+	"""One pull job per account: a second request while one is queued is dropped (deduplicated)."""
+	return f"machhelpdesk:pull:{frappe.local.site}:{account}"
 
 
 def purge_raw_copies() -> None:

@@ -281,3 +281,21 @@ def save_settings(**values) -> None:
 	settings.update(values)
 	settings.save(ignore_permissions=True)
 	frappe.db.commit()
+
+
+@contextmanager
+def job_queue(url: str) -> Iterator[None]:
+	"""Send this process's ``frappe.enqueue`` calls to the Redis at `url` (a test's private job queue).
+
+	Workers and watchers started for a test get the same queue through ``FRAPPE_REDIS_QUEUE``
+	(``machhelpdesk.testing.processes.RedisQueue.env``); this is the in-process side of it.
+	"""
+	from frappe.utils import background_jobs
+
+	saved = frappe.local.conf.redis_queue, background_jobs._redis_queue_conn
+	frappe.local.conf.redis_queue = url
+	background_jobs._redis_queue_conn = None  # Frappe keeps one connection per process; make a new one
+	try:
+		yield
+	finally:
+		frappe.local.conf.redis_queue, background_jobs._redis_queue_conn = saved

@@ -34,7 +34,42 @@ frappe.ui.form.on("MH IMAP Account", {
 			frm.dashboard.set_headline_alert(
 				`<span class="text-danger">${__("Last pull failed")}: ${frappe.utils.escape_html(frm.doc.last_error)}</span>`
 			);
+		} else if (frm.doc.enabled && frm.doc.watch_mode === "Push") {
+			frm.dashboard.set_headline_alert(
+				__("Push: new mail is pulled within seconds (bench mh-idle). Last push: {0}", [
+					frm.doc.last_push_on ? frappe.datetime.comment_when(frm.doc.last_push_on) : __("none yet"),
+				]),
+				"green"
+			);
 		}
+		if (frm.doc.auth_method === "OAuth2" && frm.doc.connected_app && frm.doc.connected_user) {
+			frm.call("oauth_status").then(({ message }) => {
+				if (message && !message.authorized) {
+					frm.dashboard.set_headline_alert(
+						__("OAuth2 is chosen but not authorized yet: log in as {0} and press Authorize OAuth2.", [
+							frappe.utils.escape_html(frm.doc.connected_user),
+						]),
+						"yellow"
+					);
+				}
+			});
+		}
+	},
+
+	auth_method(frm) {
+		if (frm.doc.auth_method === "OAuth2" && !frm.doc.connected_user) {
+			frm.set_value("connected_user", frappe.session.user);
+		}
+	},
+
+	authorize_oauth(frm) {
+		if (frm.is_dirty()) {
+			frappe.msgprint(__("Save the account first."));
+			return;
+		}
+		frm.call("authorize_oauth").then(({ message: url }) => {
+			if (url) window.open(url, "_self");
+		});
 	},
 
 	encryption(frm) {

@@ -20,6 +20,9 @@ class MHIMAPAccount(Document):
 		from frappe.types import DF
 
 		allow_self_signed: DF.Check
+		auth_method: DF.Literal["Password", "OAuth2"]
+		connected_app: DF.Link | None
+		connected_user: DF.Link | None
 		default_department: DF.Link | None
 		email_address: DF.Data
 		enabled: DF.Check
@@ -28,14 +31,17 @@ class MHIMAPAccount(Document):
 		imap_server: DF.Data
 		last_error: DF.SmallText | None
 		last_pulled_on: DF.Datetime | None
+		last_push_on: DF.Datetime | None
 		last_uid: DF.Int
 		login_failures: DF.Int
 		move_parsed_email: DF.Check
 		move_to_folder: DF.Data | None
-		password: DF.Password
+		password: DF.Password | None
 		port: DF.Int
 		uidvalidity: DF.Data | None
 		username: DF.Data
+		watch_confirmed_on: DF.Datetime | None
+		watch_mode: DF.Literal["", "Push", "Polling"]
 	# end: auto-generated types
 
 	def validate(self):
@@ -43,6 +49,7 @@ class MHIMAPAccount(Document):
 		self.set_port()
 		self.validate_port()
 		self.validate_folders()
+		self.validate_authentication()
 		self.reset_sync_state()
 
 	def validate_address(self):
@@ -88,6 +95,19 @@ class MHIMAPAccount(Document):
 					_("Parsed email cannot move to the folder it is read from."), title=_("Same folder twice")
 				)
 
+	def validate_authentication(self):
+		"""Password accounts need a password; OAuth2 accounts a Connected App and the user who authorizes it."""
+		if self.auth_method == "OAuth2":
+			if not self.connected_app or not self.connected_user:
+				frappe.throw(
+					_(
+						"OAuth2 needs a Connected App and a Connected User (the desk user who authorizes access)."
+					),
+					title=_("OAuth2 incomplete"),
+				)
+		elif not self.password:
+			frappe.throw(_("Enter the mailbox's password."), title=_("Password missing"))
+
 	def reset_sync_state(self):
 		"""A different server, user or folder is a different mailbox: start its UID bookkeeping afresh."""
 		if self.is_new():
@@ -117,16 +137,27 @@ class MHIMAPAccount(Document):
 		).insert(ignore_permissions=True)
 
 	def imap_settings(self):
-		"""The account as plain transport settings for engine.imap."""
+		"""The account as plain transport settings for engine.imap.
+
+		For OAuth2 this reads (and, when it has expired, renews) the access token from the Connected User's
+		Token Cache; machhelpdesk.oauth.OAuthTokenError says why when there is none.
+		"""
 		from machhelpdesk.engine.imap import IMAPSettings
 
+		if self.auth_method == "OAuth2":
+			from machhelpdesk.oauth import access_token
+
+			password, token = "", access_token(self)
+		else:
+			password, token = self.get_password("password", raise_exception=False) or "", ""
 		return IMAPSettings(
 			host=self.imap_server,
 			port=int(self.port),
 			username=self.username,
-			password=self.get_password("password"),
+			password=password,
 			encryption=self.encryption,
 			allow_self_signed=bool(self.allow_self_signed),
+			access_token=token,
 		)
 
 	@frappe.whitelist()
@@ -134,14 +165,51 @@ class MHIMAPAccount(Document):
 		"""Log in, list folders and report problems in plain words. Changes nothing."""
 		self.check_permission("write")
 		from machhelpdesk.engine.imap import test_connection
+		from machhelpdesk.oauth import OAuthTokenError
 
-		report = test_connection(self.imap_settings(), folder=self.folder)
+		try:
+			settings = self.imap_settings()
+		except OAuthTokenError as e:
+			return {"ok": False, "message": str(e), "folders": [], "capabilities": []}
+		report = test_connection(settings, folder=self.folder)
 		return {
 			"ok": report.ok,
 			"message": report.message,
 			"folders": report.folders,
 			"capabilities": report.capabilities,
 		}
+
+	@frappe.whitelist()
+	def authorize_oauth(self) -> str:
+		"""Start the OAuth2 authorization of the Connected App for the Connected User; returns the URL to open.
+
+		Frappe's Connected App callback stores the token for the user who comes back from the provider, so the
+		person pressing the button must be the Connected User.
+		"""
+		self.check_permission("write")
+		if self.auth_method != "OAuth2" or not self.connected_app or not self.connected_user:
+			frappe.throw(_("Choose OAuth2, a Connected App and a Connected User first, and save."))
+		if frappe.session.user != self.connected_user:
+			frappe.throw(
+				_("Log in as {0} to authorize: the token is stored for the user who signs in.").format(
+					self.connected_user
+				),
+				title=_("Not the Connected User"),
+			)
+		app = frappe.get_doc("Connected App", self.connected_app)
+		return app.initiate_web_application_flow(
+			user=self.connected_user, success_uri=f"/app/mh-imap-account/{self.name}"
+		)
+
+	@frappe.whitelist()
+	def oauth_status(self) -> dict:
+		"""Whether the Connected User's token exists, for the form's headline."""
+		self.check_permission("read")
+		if self.auth_method != "OAuth2" or not self.connected_app or not self.connected_user:
+			return {"authorized": False}
+		app = frappe.get_doc("Connected App", self.connected_app)
+		cache = app.get_token_cache(self.connected_user)
+		return {"authorized": bool(cache and cache.get_password("access_token", raise_exception=False))}
 
 	@frappe.whitelist()
 	def pull_now(self) -> str:
