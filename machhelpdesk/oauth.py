@@ -124,7 +124,13 @@ def renew_refused_token(account) -> bool:
 	"""After the mail server refused the token: get a new one (OAuthTokenError when the provider says no)."""
 	if account.auth_method != OAUTH2:
 		return False
-	refresh_token(account, force=True)
+	try:
+		refresh_token(account, force=True)
+	except OAuthTokenError as e:
+		raise OAuthTokenError(
+			_("The mail server refused the OAuth2 access token of {0}. {1}").format(account.email_address, e),
+			permanent=e.permanent,
+		) from None
 	return True
 
 
