@@ -1095,13 +1095,16 @@ def add_communication(
 			"sent_or_received": "Received",
 			"status": "Linked",
 			"email_status": "Open",
-			"subject": (parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH],
+			# The controller's XSS filter is skipped here, and the desk prints these two as HTML.
+			"subject": without_tags((parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH]),
 			# Communication only takes addresses Frappe's validator accepts (no IDN, no bare host);
 			# the ticket and the ledger keep the true ones.
 			"sender": parsed.sender.email if valid_sender else None,
-			"sender_full_name": (parsed.sender.name or parsed.sender.email)[:140]
-			if valid_sender
-			else f"{parsed.sender.name} <{parsed.sender.email}>".strip()[:140],
+			"sender_full_name": without_tags(
+				(parsed.sender.name or parsed.sender.email)
+				if valid_sender
+				else f"{parsed.sender.name} <{parsed.sender.email}>".strip()
+			)[:140],
 			"recipients": frappe_addresses(parsed.to),
 			"cc": frappe_addresses(parsed.cc),
 			"content": content,
@@ -1133,6 +1136,11 @@ def insert_without_controller(doc) -> None:
 	doc.db_insert()
 	for child in doc.get_all_children():
 		child.db_insert()
+
+
+def without_tags(text: str) -> str:
+	"""Header text that stays text wherever Frappe prints it as HTML: ``<`` and ``>`` become entities."""
+	return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def frappe_addresses(addresses) -> str:
@@ -1251,7 +1259,7 @@ def ensure_contact(sender) -> str:
 	contact = frappe.get_doc(
 		{
 			"doctype": "Contact",
-			"first_name": (sender.name or sender.email.split("@")[0])[:100],
+			"first_name": first_name_of(sender),
 			"user": user,
 			"email_ids": [{"email_id": sender.email, "is_primary": 1}],
 		}
@@ -1260,13 +1268,20 @@ def ensure_contact(sender) -> str:
 	return contact.name
 
 
+def first_name_of(sender) -> str:
+	"""The sender's display name for their Contact and User. Frappe refuses names with < or > (a
+	Contact is named after it), which would fail the whole message."""
+	name = " ".join((sender.name or "").replace("<", " ").replace(">", " ").split())
+	return (name or sender.email.split("@")[0])[:100]
+
+
 def create_customer_user(sender) -> str:
 	"""A Website User with the customer role and no welcome mail (a password comes by "forgot password")."""
 	user_doc = frappe.get_doc(
 		{
 			"doctype": "User",
 			"email": sender.email,
-			"first_name": (sender.name or sender.email.split("@")[0])[:100],
+			"first_name": first_name_of(sender),
 			"user_type": "Website User",
 			"send_welcome_email": 0,
 			"roles": [{"role": "MH Customer"}],

@@ -16,6 +16,7 @@ nonce from the page instead.
 
 from __future__ import annotations
 
+import html
 import secrets
 from urllib.parse import quote, urlencode
 
@@ -114,6 +115,7 @@ def my_tickets(page: int = 1) -> frappe._dict:
 		query = query.limit(per_page).offset((page - 1) * per_page)
 	tickets = query.run(as_dict=True)
 	for row in tickets:
+		row.subject = html.unescape(row.subject or "")  # stored with tags filtered; the page escapes
 		row.category = status_category(row.status)
 		row.color = frappe.get_cached_value("MH Ticket Status", row.status, "color") if row.status else None
 	return frappe._dict(tickets=tickets, page=page, pages=pages, total=total, per_page=per_page)
@@ -135,7 +137,8 @@ def ticket_messages(ticket: str) -> list[frappe._dict]:
 	)
 	for message in messages:
 		message.from_customer = message.sent_or_received == "Received"
-		message.author = message.sender_full_name or message.sender or _("Support")
+		# Intake keeps < and > of header text as entities; the page escapes the plain text again.
+		message.author = html.unescape(message.sender_full_name or message.sender or _("Support"))
 		message.html = sanitize_html(message.content or "")
 		message.blocked_images = message.html.count("data-remote-src=")
 	return messages

@@ -42,7 +42,7 @@ class AutoCloseTestCase(FrappeTestCase):
 	def setUpClass(cls):
 		super().setUpClass()
 		reset_intake_data()
-		make_user(AGENT, ("MH Agent", "MH Manager"))
+		make_user(AGENT, ("MH Agent",))
 		make_user(CUSTOMER, ("MH Customer",), user_type="Website User")
 		frappe.db.commit()
 		cls.sink = SMTPSink()

@@ -138,6 +138,8 @@ class TestAssignmentAndVisibility(FrappeTestCase):
 		make_user(AGENT, ("MH Agent",))
 		make_user(OTHER_AGENT, ("MH Agent",))
 		make_user(MANAGER, ("MH Manager",))
+		for agent in (AGENT, OTHER_AGENT):
+			frappe.get_doc("User", agent).remove_roles("MH Manager", "System Manager")
 		for name, agent in (("Flow Billing", AGENT), ("Flow Hardware", OTHER_AGENT)):
 			if not frappe.db.exists("MH Department", name):
 				frappe.get_doc(
@@ -211,4 +213,27 @@ class TestConversationRoundTrip(IntakeTestCase):
 		self.assertEqual(frappe.db.get_value("MH Ticket", ticket, "status"), "Open")
 		self.assertEqual(
 			frappe.db.count("Communication", {"reference_doctype": "MH Ticket", "reference_name": ticket}), 3
+		)
+
+	def test_tags_in_subject_or_sender_name_stay_text_and_fail_nothing(self):
+		# Intake inserts Communications without the controller (and its XSS filter); the desk prints the
+		# subject and the sender's name as HTML, so their < and > are stored as entities.
+		self.deliver(
+			make_message(
+				subject="<img src=x onerror=alert(1)> printer",
+				sender='"<b>Carla</b>" <carla@example.com>',
+				to=self.account.email_address,
+			)
+		)
+		self.pull()
+		[row] = ledger(self.account.name)
+		self.assertEqual(row.state, "Ticketed", row.reason)
+		[message] = frappe.get_all(
+			"Communication", filters={"reference_name": row.ticket}, fields=["subject", "sender_full_name"]
+		)
+		self.assertEqual(message.subject, "&lt;img src=x onerror=alert(1)&gt; printer")
+		self.assertEqual(message.sender_full_name, "&lt;b&gt;Carla&lt;/b&gt;")
+		contact = frappe.db.get_value("MH Ticket", row.ticket, "contact")
+		self.assertEqual(
+			frappe.db.get_value("Contact", contact, "first_name"), "b Carla /b", "no < or > in names"
 		)

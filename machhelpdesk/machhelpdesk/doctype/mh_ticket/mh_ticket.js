@@ -75,7 +75,16 @@ Object.assign(machhelpdesk.ticket, {
 	},
 
 	guard_timeline_of(frm) {
-		// The footer sets frm.timeline after "setup"; guard it the moment it is set.
+		// Frappe's timeline prints a message's subject and sender name as HTML, and mail intake stores
+		// them as the mail had them. Escape them in the form's docinfo before the first render (the
+		// timeline renders as soon as the footer makes it, right after "setup"), and in messages the
+		// timeline loads later ("load more").
+		const get_docinfo = frm.get_docinfo.bind(frm);
+		frm.get_docinfo = () => {
+			const info = get_docinfo();
+			(info && info.communications ? info.communications : []).forEach(machhelpdesk.ticket.escape_headers);
+			return info;
+		};
 		let timeline = frm.timeline;
 		Object.defineProperty(frm, "timeline", {
 			configurable: true,
@@ -93,16 +102,24 @@ Object.assign(machhelpdesk.ticket, {
 		if (!timeline || timeline.__mh_guarded) return;
 		timeline.__mh_guarded = true;
 		const render = timeline.get_communication_timeline_content.bind(timeline);
-		timeline.get_communication_timeline_content = (doc, allow_reply = true) => {
-			// Render an escaped copy; the reply buttons keep the message as it is.
-			const shown = Object.assign({}, doc, {
-				subject: frappe.utils.escape_html(doc.subject || ""),
-				sender_full_name: frappe.utils.escape_html(doc.sender_full_name || ""),
-			});
-			const box = render(shown, false);
-			if (allow_reply) timeline.setup_reply(box, doc);
-			return box;
-		};
+		timeline.get_communication_timeline_content = (doc, allow_reply = true) =>
+			render(machhelpdesk.ticket.escape_headers(doc), allow_reply);
+	},
+
+	escape_headers(doc) {
+		// Tags become text; entities stay (intake stores these two with < and > already as entities).
+		const without_tags = (text) => (text || "").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+		if (doc && !doc.__mh_escaped) {
+			doc.subject = without_tags(doc.subject);
+			doc.sender_full_name = without_tags(doc.sender_full_name);
+			doc.__mh_escaped = true;
+		}
+		return doc;
+	},
+
+	unescape(text) {
+		// DOMParser builds an inert document: nothing in it loads or runs.
+		return new DOMParser().parseFromString(text || "", "text/html").documentElement.textContent;
 	},
 
 	offer_remote_images(frm) {
@@ -150,6 +167,14 @@ Object.assign(machhelpdesk.ticket, {
 		const Base = frappe.views.CommunicationComposer;
 		if (Base.__mh_extended) return;
 		class TicketComposer extends Base {
+			constructor(opts) {
+				// A reply's subject comes from the escaped timeline copy: give the composer plain text.
+				if (opts && opts.frm?.doctype === "MH Ticket" && opts.subject) {
+					opts.subject = machhelpdesk.ticket.unescape(opts.subject);
+				}
+				super(opts);
+			}
+
 			get_fields() {
 				const fields = super.get_fields();
 				const statuses = machhelpdesk.ticket.statuses;
@@ -166,6 +191,19 @@ Object.assign(machhelpdesk.ticket, {
 					),
 				});
 				return fields;
+			}
+
+			async get_signature(sender_email) {
+				// Frappe looks the signature up in Email Account, which agents may not read: they would
+				// get "Not permitted" on every reply. Their own signature (in their User) still applies.
+				if (
+					this.frm?.doctype === "MH Ticket" &&
+					!frappe.boot.user.email_signature &&
+					!frappe.model.can_read("Email Account")
+				) {
+					return "";
+				}
+				return super.get_signature(sender_email);
 			}
 
 			send_email(btn, form_values, ...rest) {

@@ -1,5 +1,6 @@
 """/mh/tickets/<name> (route rule in hooks.py): one ticket of the signed-in person. See machhelpdesk.portal."""
 
+import html
 from urllib.parse import quote
 
 import frappe
@@ -35,6 +36,8 @@ def get_context(context):
 	context.title = doc.name  # the subject is the customer's text: it is shown escaped, in the page only
 	context.parents = [{"route": "mh/tickets", "title": _("My tickets")}]
 	context.doc = doc
+	# Frappe stores Data fields with tags filtered to entities; the page escapes the plain text itself.
+	context.subject = html.unescape(doc.subject or "")
 	context.category = category
 	context.status_color = (
 		frappe.get_cached_value("MH Ticket Status", doc.status, "color") if doc.status else None
