@@ -60,6 +60,7 @@ BACKOFF_MAX = 300.0
 STABLE_SECONDS = 60.0
 # How long a site waits before trying again after its database or job queue failed.
 SITE_RETRY_SECONDS = 10.0
+SITE_RETRY_MAX_SECONDS = 300.0
 # How often the watcher looks for new sites with the app, when it watches every site.
 SITE_SCAN_SECONDS = 300.0
 # How often a site thread checks a running pull job it waits for.
@@ -204,10 +205,12 @@ class SiteWatcher(threading.Thread):
 
 	def stop(self) -> None:
 		self.stopping.set()
+		self.events.put(None)  # wake the loop now rather than at the next refresh
 
 	# -- lifecycle --
 
 	def run(self) -> None:
+		failures = 0
 		while not self.stopping.is_set():
 			try:
 				self.open_site()
@@ -215,11 +218,23 @@ class SiteWatcher(threading.Thread):
 					logger.warning("%s: the machhelpdesk app is not installed; not watching it", self.site)
 					break
 				self.serve()
-			except Exception:
-				logger.exception("%s: watcher error; trying again in %.0f s", self.site, SITE_RETRY_SECONDS)
+				failures = 0
+			except Exception as e:
+				# A site being migrated, a database restart: say so (the traceback once), and try again later.
+				failures += 1
+				delay = min(SITE_RETRY_MAX_SECONDS, SITE_RETRY_SECONDS * 2 ** (failures - 1))
+				logger.error(
+					"%s: watcher error (%s: %s); trying again in %.0f s",
+					self.site,
+					type(e).__name__,
+					e,
+					delay,
+					exc_info=failures == 1,
+				)
 			finally:
 				self.close_site()
-			self.stopping.wait(SITE_RETRY_SECONDS)
+			if not self.stopping.is_set():
+				self.stopping.wait(delay if failures else SITE_RETRY_SECONDS)
 		self.shutdown()
 
 	def shutdown(self) -> None:
@@ -276,7 +291,8 @@ class SiteWatcher(threading.Thread):
 			except queue.Empty:
 				pass
 			for event in batch:
-				self.apply(event)
+				if event is not None:
+					self.apply(event)
 			self.chase_pulls()
 			frappe.db.commit()  # the account states written above, visible to the desk and the scheduler now
 
@@ -388,7 +404,7 @@ class SiteWatcher(threading.Thread):
 				"%s %s: %s; connecting again in %.0f s",
 				self.site,
 				event.account,
-				event.error,
+				event.error.rstrip("."),
 				event.retry_in,
 			)
 			self.write_state(event.account, {"watch_mode": ""})
