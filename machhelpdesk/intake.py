@@ -326,7 +326,7 @@ class MailboxPull:
 					)
 				)
 			self.progress(_("{0}: {1} new messages").format(self.account.name, len(uids)))
-			for fetched in session.fetch(uids, batch=FETCH_BATCH):
+			for fetched in session.fetch(uids, batch=FETCH_BATCH, max_bytes=max_message_bytes()):
 				self.take(fetched)
 				self.summary.add("seen")
 				if len(self.unsettled) >= FETCH_BATCH:
@@ -383,6 +383,9 @@ class MailboxPull:
 		return found
 
 	def take_new(self, fetched: transport.FetchedMessage) -> None:
+		if fetched.refused:
+			self.take_refused(fetched)
+			return
 		parsed, parse_error = safe_parse(fetched.raw, self.max_attachment_size)
 		message_key = make_message_key(parsed, fetched.raw)
 		earlier = self.same_message_elsewhere(message_key)
@@ -413,8 +416,21 @@ class MailboxPull:
 			return
 		self.process(row, parsed, parse_error)
 
+	def take_refused(self, fetched: transport.FetchedMessage) -> None:
+		"""A message that was not downloaded (too large, or the server would not send it): a Failed row
+		that says why, with what its header tells, and the message left on the server."""
+		parsed, _error = safe_parse(fetched.raw, 0) if fetched.raw else (None, None)
+		key = make_message_key(parsed, fetched.raw) if parsed and parsed.message_id else None
+		row = self.insert_row(
+			fetched, parsed, key or "refused:" + self.mailbox_key(fetched.uid), keep_raw=False
+		)
+		self.fail(row, fetched.refused)
+
 	def resume(self, row, fetched: transport.FetchedMessage, parsed: ParsedMessage | None = None) -> None:
 		"""A message the ledger already knows: finish whatever an earlier pull left undone."""
+		if row.state == PROCESSING and fetched.refused:
+			self.fail(row, fetched.refused)
+			return
 		if row.state == PROCESSING:
 			if cint(row.attempts) >= MAX_ATTEMPTS:
 				self.fail(
@@ -458,7 +474,13 @@ class MailboxPull:
 		)
 		return frappe.get_doc("MH Inbound Mail", name) if name else None
 
-	def insert_row(self, fetched: transport.FetchedMessage, parsed: ParsedMessage | None, message_key: str):
+	def insert_row(
+		self,
+		fetched: transport.FetchedMessage,
+		parsed: ParsedMessage | None,
+		message_key: str,
+		keep_raw: bool = True,
+	):
 		sender = parsed.sender if parsed else None
 		received = to_naive_utc(fetched.internal_date or (parsed.date if parsed else None)) or now_datetime()
 		row = frappe.get_doc(
@@ -479,7 +501,7 @@ class MailboxPull:
 				"subject": (parsed.subject if parsed else "")[:SUBJECT_LENGTH],
 				"size": fetched.size or len(fetched.raw),
 				"received_at": received,
-				"raw_path": store_raw(fetched.raw),
+				"raw_path": store_raw(fetched.raw) if keep_raw else "",
 			}
 		)
 		row.insert(ignore_permissions=True)
@@ -745,6 +767,11 @@ class IntakeContext:
 
 
 # --- parse and decide (no writes) -------------------------------------------------------------------
+
+
+def max_message_bytes() -> int:
+	"""The largest message intake downloads: site config ``mh_max_message_mb``, else 200 MB."""
+	return cint(frappe.conf.get("mh_max_message_mb")) * 1024 * 1024 or transport.MAX_MESSAGE_BYTES
 
 
 def effective_attachment_limit(settings) -> int:

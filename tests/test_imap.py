@@ -357,6 +357,41 @@ def test_fetch_skips_vanished_uids_and_keeps_order(dovecot, dovecot_user, sessio
 	assert list(session.fetch([])) == []
 
 
+def test_fetch_leaves_a_message_over_the_limit_with_its_header_and_the_reason(dovecot, dovecot_user, session):
+	small = make_message(1)
+	big = make_message(2, subject="Huge").replace(b"Body of message 2.", b"x" * 5000)
+	uids = [dovecot.append(dovecot_user[0], raw) for raw in (small, big, make_message(3))]
+	session.select("INBOX")
+	fetched = list(session.fetch(uids, max_bytes=4000))
+	assert [message.uid for message in fetched] == uids
+	assert [bool(message.refused) for message in fetched] == [False, True, False]
+	header_only = fetched[1]
+	assert b"Subject: Huge" in header_only.raw
+	assert b"xxxx" not in header_only.raw
+	assert header_only.size == len(big)
+	assert "left on the server" in header_only.refused
+	assert fetched[0].raw == small
+
+
+def test_fetch_bounds_each_fetch_by_bytes(dovecot, dovecot_user, session):
+	raws = [make_message(n).replace(f"Body of message {n}.".encode(), b"y" * 3000) for n in range(1, 7)]
+	uids = [dovecot.append(dovecot_user[0], raw) for raw in raws]
+	session.select("INBOX")
+	asked: list[int] = []
+	original = session.client.fetch
+
+	def counting_fetch(messages, items, *args, **kwargs):
+		if "BODY.PEEK[]" in items:
+			asked.append(len(messages))
+		return original(messages, items, *args, **kwargs)
+
+	session.client.fetch = counting_fetch
+	fetched = list(session.fetch(uids, batch=20, batch_bytes=7000))
+	assert [message.raw for message in fetched] == raws
+	assert max(asked) <= 2, "about 3 KB each, at most 7 KB a FETCH"
+	assert sum(asked) == 6
+
+
 def test_fetch_sizes(dovecot, dovecot_user, session):
 	raw = make_message(1)
 	uid = dovecot.append(dovecot_user[0], raw)

@@ -58,6 +58,12 @@ IDLE_RENEW_SECONDS = 25 * 60.0
 POLL_SECONDS = 60.0
 OAUTH_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
 FETCH_ITEMS = ["BODY.PEEK[]", "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
+HEADER_ITEMS = ["BODY.PEEK[HEADER]", "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
+# A message larger than this is not downloaded: its header is, so the ledger can say what it was.
+# More than any mail system sends (Exchange Online allows 150 MB); a site may lower it.
+MAX_MESSAGE_BYTES = 200 * 1024 * 1024
+# At most this many bytes of messages are asked for in one FETCH, so memory stays flat.
+FETCH_BATCH_BYTES = 64 * 1024 * 1024
 MESSAGE_ID_ITEM = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 
 # TLS errors that mean "this port does not speak TLS at all", rather than "TLS went wrong".
@@ -180,13 +186,18 @@ class FolderState:
 
 @dataclass
 class FetchedMessage:
-	"""One message as read from the server, untouched."""
+	"""One message as read from the server, untouched.
+
+	When ``refused`` says why (too large, or the server would not send it), ``raw`` holds only what
+	could be read: the header block, or nothing.
+	"""
 
 	uid: int
 	size: int
 	raw: bytes
 	flags: tuple[bytes, ...]
 	internal_date: datetime | None
+	refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -895,35 +906,92 @@ class MailboxSession:
 				result[uid] = parse_message_id(bytes(header))
 		return result
 
-	def fetch(self, uids: Iterable[int], *, batch: int = 20) -> Iterator[FetchedMessage]:
-		"""Yield the given messages in UID order, `batch` per FETCH, with BODY.PEEK[] (never sets ``\\Seen``).
+	def fetch(
+		self,
+		uids: Iterable[int],
+		*,
+		batch: int = 20,
+		max_bytes: int = MAX_MESSAGE_BYTES,
+		batch_bytes: int = FETCH_BATCH_BYTES,
+	) -> Iterator[FetchedMessage]:
+		"""Yield the given messages in UID order with BODY.PEEK[] (never sets ``\\Seen``).
 
-		A UID that no longer exists is skipped. If the server refuses a whole batch, each of its messages is
-		fetched alone, so one broken message cannot hold back the others (it is skipped too).
+		Sizes are asked first; then at most `batch` messages and `batch_bytes` bytes go in one FETCH.
+		A message over `max_bytes` is not downloaded: it is yielded with only its header block and
+		``refused`` saying so. A message the server will not send is yielded empty with ``refused``
+		saying why, so that every message leaves a trace. A UID that no longer exists is skipped.
 		"""
 		if batch < 1:
 			raise ValueError("batch must be at least 1")
 		client = self._require_selected("fetch messages")
 		wanted = sorted({int(uid) for uid in uids})
-		for start in range(0, len(wanted), batch):
-			chunk = wanted[start : start + batch]
-			try:
-				answers = self._guarded("fetch messages", partial(client.fetch, chunk, FETCH_ITEMS))
-			except IMAPCommandError:
-				if len(chunk) == 1:
+		for start in range(0, len(wanted), 1000):
+			sizes = self.fetch_sizes(wanted[start : start + 1000])
+			chunk: list[int] = []
+			chunk_bytes = 0
+			for uid in wanted[start : start + 1000]:
+				if uid not in sizes:
+					continue  # expunged meanwhile
+				if sizes[uid] > max_bytes:
+					yield from self._fetch_chunk(client, chunk)
+					chunk, chunk_bytes = [], 0
+					yield self._fetch_header_only(client, uid, sizes[uid], max_bytes)
 					continue
+				if chunk and (len(chunk) >= batch or chunk_bytes + sizes[uid] > batch_bytes):
+					yield from self._fetch_chunk(client, chunk)
+					chunk, chunk_bytes = [], 0
+				chunk.append(uid)
+				chunk_bytes += sizes[uid]
+			yield from self._fetch_chunk(client, chunk)
+
+	def _fetch_chunk(self, client: imapclient.IMAPClient, chunk: list[int]) -> Iterator[FetchedMessage]:
+		if not chunk:
+			return
+		try:
+			answers = self._guarded("fetch messages", partial(client.fetch, chunk, FETCH_ITEMS))
+		except IMAPCommandError:
+			if len(chunk) == 1:
 				answers = {}
+			else:
+				# One broken message must not hold back the others: ask for each alone.
 				for uid in chunk:
-					try:
-						answers.update(
-							self._guarded("fetch a message", partial(client.fetch, [uid], FETCH_ITEMS))
-						)
-					except IMAPCommandError:
-						continue
-			for uid in chunk:
-				message = _to_fetched(uid, answers.get(uid))
-				if message is not None:
-					yield message
+					yield from self._fetch_chunk(client, [uid])
+				return
+		for uid in chunk:
+			message = _to_fetched(uid, answers.get(uid))
+			if message is None:
+				message = FetchedMessage(
+					uid=uid,
+					size=0,
+					raw=b"",
+					flags=(),
+					internal_date=None,
+					refused="the server did not send this message when asked for it (it may have been "
+					"deleted meanwhile)",
+				)
+			yield message
+
+	def _fetch_header_only(
+		self, client: imapclient.IMAPClient, uid: int, size: int, max_bytes: int
+	) -> FetchedMessage:
+		refused = (
+			f"the message is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:.0f} MB a message may "
+			"have; it was left on the server"
+		)
+		try:
+			item = self._guarded("fetch a message header", partial(client.fetch, [uid], HEADER_ITEMS))
+		except IMAPCommandError:
+			item = {}
+		answer = item.get(uid) or {}
+		when = answer.get(b"INTERNALDATE")
+		return FetchedMessage(
+			uid=uid,
+			size=size,
+			raw=bytes(answer.get(b"BODY[HEADER]") or b""),
+			flags=tuple(bytes(flag) for flag in answer.get(b"FLAGS", ())),
+			internal_date=when if isinstance(when, datetime) else None,
+			refused=refused,
+		)
 
 	# -- acting on messages ----------------------------------------------------------------------
 

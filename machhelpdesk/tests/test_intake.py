@@ -273,6 +273,23 @@ class TestLoops(IntakeTestCase):
 
 
 class TestFailures(IntakeTestCase):
+	def test_message_over_the_size_limit_is_not_downloaded_and_says_why(self):
+		frappe.local.conf.mh_max_message_mb = 1
+		try:
+			self.deliver(make_message(subject="A whole DVD", body="z" * (2 * 1024 * 1024)))
+			self.deliver(make_message(subject="Small"))
+			summary = self.pull()
+		finally:
+			del frappe.local.conf["mh_max_message_mb"]
+		self.assertEqual((summary["failed"], summary["tickets"]), (1, 1), summary["text"])
+		failed = frappe.get_doc("MH Inbound Mail", {"state": "Failed"})
+		self.assertEqual((failed.subject, failed.from_email), ("A whole DVD", "carla@example.com"))
+		self.assertIn("over the 1 MB", failed.reason)
+		self.assertFalse(failed.raw_path, "nothing of the body was downloaded")
+		self.assertEqual(failed.server_action, "Left in Folder")
+		self.assertEqual(len(self.inbox()), 1)
+		self.assertEqual(self.pull()["seen"], 0, "not tried again by later pulls")
+
 	def test_failed_message_stays_and_is_not_retried_until_reprocessed(self):
 		frappe.get_doc({"doctype": "MH Department", "department_name": "Ghost"}).insert(
 			ignore_permissions=True
