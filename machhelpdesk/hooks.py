@@ -43,9 +43,14 @@ scheduler_events = {
 }
 
 # Mail the helpdesk sends: ticket number and route on agents' replies, Auto-Submitted on automatic mail.
+# Internal notes: customers may read their tickets, so Frappe's cached comment text leaves the ticket.
 doc_events = {
 	"Communication": {
 		"before_insert": "machhelpdesk.outbound.prepare_ticket_reply",
+	},
+	"Comment": {
+		"on_update": "machhelpdesk.permissions.keep_notes_off_the_ticket",
+		"on_trash": "machhelpdesk.permissions.keep_notes_off_the_ticket",
 	},
 }
 make_email_body_message = "machhelpdesk.outbound.adjust_outgoing_mail"

@@ -113,3 +113,24 @@ def ticket_has_website_permission(
 		.where(customer_criterion(user))
 		.run()
 	)
+
+
+def keep_notes_off_the_ticket(comment, method=None) -> None:
+	"""Comment ``on_update``/``on_trash`` hook: no note text in the ticket's ``_comments``.
+
+	Frappe copies the start of each comment into the document's ``_comments`` (for the list view's
+	comment count), and customers may read their own tickets through the API. Internal notes must not
+	reach them that way: the entries stay, so the count does, without their text.
+	"""
+	if comment.reference_doctype != "MH Ticket" or not comment.reference_name:
+		return
+	cached = frappe.db.get_value("MH Ticket", comment.reference_name, "_comments")
+	if not cached:
+		return
+	entries = frappe.parse_json(cached) or []
+	if any(entry.get("comment") for entry in entries):
+		for entry in entries:
+			entry["comment"] = ""
+		frappe.db.set_value(
+			"MH Ticket", comment.reference_name, "_comments", frappe.as_json(entries), update_modified=False
+		)

@@ -75,7 +75,9 @@ class AutoCloseTestCase(FrappeTestCase):
 
 	def run_job(self, at):
 		with self.freeze_time(at):
-			return close_waiting_tickets()
+			run = close_waiting_tickets()
+		self.assertEqual(run.failed, [], "see the Error Log")
+		return run
 
 	def status_category(self, ticket: str) -> str:
 		return frappe.db.get_value("MH Ticket", ticket, "status_category")

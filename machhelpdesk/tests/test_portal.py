@@ -211,6 +211,33 @@ class TestPortalAccess(PortalTestCase):
 			frappe.db.count("Communication", {"reference_name": ticket}), 1, "Bob's reply was refused"
 		)
 
+	def test_internal_notes_do_not_reach_the_customer_through_the_api(self):
+		# Frappe caches the start of each comment on the document (_comments), which the API returns.
+		ticket = self.ticket_for(ALICE)
+		frappe.get_doc("MH Ticket", ticket).add_comment("Comment", "NOTE-7731: refund only if she insists")
+		frappe.db.commit()
+		alice = self.session(ALICE)
+		responses = {
+			"resource": alice.get(self.web.url(f"/api/resource/MH Ticket/{ticket}"), timeout=30),
+			"client.get": alice.get(
+				self.web.url("/api/method/frappe.client.get"),
+				params={"doctype": "MH Ticket", "name": ticket},
+				timeout=30,
+			),
+			"list": alice.get(
+				self.web.url("/api/resource/MH Ticket"),
+				params={"fields": json.dumps(["name", "_comments"])},
+				timeout=30,
+			),
+		}
+		for what, response in responses.items():
+			with self.subTest(what=what):
+				self.assertEqual(response.status_code, 200, response.text[:300])
+				self.assertIn(ticket, response.text, "her own ticket")
+				self.assertNotIn("NOTE-7731", response.text)
+		cached = json.loads(frappe.db.get_value("MH Ticket", ticket, "_comments"))
+		self.assertEqual(len(cached), 1, "the list view's comment count stays")
+
 	def test_hide_helpdesk_from_client(self):
 		ticket = self.ticket_for(ALICE)
 		s = self.session(ALICE)
