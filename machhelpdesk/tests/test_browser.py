@@ -132,6 +132,8 @@ class TestInBrowser(FrappeTestCase):
 		super().setUpClass()
 		missing = browser_missing()
 		if missing:
+			# unittest shows a skip's reason only when verbose: say it out loud for the CI log too.
+			print(f"\n#### SKIPPED: browser tests: {missing}", file=sys.stderr)
 			raise unittest.SkipTest(f"browser tests skipped: {missing}")
 		from playwright.sync_api import sync_playwright
 
