@@ -261,14 +261,19 @@ def record_pull_error(doc, error: Exception) -> None:
 
 
 def notify_managers_of_disabled_account(doc, error: Exception) -> None:
+	subject = _("Email Parser: {0} was disabled after {1} failed logins").format(
+		doc.email_address, LOGIN_FAILURE_LIMIT
+	)
+	notify_managers(doc, subject, str(error))
+
+
+def notify_managers(doc, subject: str, message: str) -> None:
+	"""A desk notification about the IMAP account `doc` for every enabled MH Manager and System Manager."""
 	managers = frappe.get_all(
 		"Has Role",
 		filters={"role": ("in", ("MH Manager", "System Manager")), "parenttype": "User"},
 		pluck="parent",
 		distinct=True,
-	)
-	subject = _("Email Parser: {0} was disabled after {1} failed logins").format(
-		doc.email_address, LOGIN_FAILURE_LIMIT
 	)
 	for user in managers:
 		if user in ("Administrator", "Guest") or not frappe.db.get_value("User", user, "enabled"):
@@ -281,7 +286,7 @@ def notify_managers_of_disabled_account(doc, error: Exception) -> None:
 				"document_type": "MH IMAP Account",
 				"document_name": doc.name,
 				"subject": subject,
-				"email_content": escape_html(str(error)),
+				"email_content": escape_html(message),
 			}
 		).insert(ignore_permissions=True)
 

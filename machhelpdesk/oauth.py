@@ -18,7 +18,7 @@ import hashlib
 
 import frappe
 from frappe import _
-from frappe.utils import escape_html, now_datetime
+from frappe.utils import now_datetime
 
 OAUTH2 = "OAuth2"
 # Refresh a token this many seconds before it expires, so it does not expire in the middle of a login.
@@ -153,6 +153,7 @@ def disable_for_token_failure(doc, error: Exception) -> None:
 	A temporary failure (the provider could not be reached) is only recorded: the next pull tries again.
 	"""
 	from machhelpdesk.engine.imap import IMAPTokenError
+	from machhelpdesk.intake import notify_managers  # intake imports this module
 
 	frappe.db.rollback()
 	permanent = isinstance(error, IMAPTokenError) or getattr(error, "permanent", True)
@@ -174,31 +175,9 @@ def disable_for_token_failure(doc, error: Exception) -> None:
 		{"enabled": 0, "last_error": message[:1000], "last_pulled_on": now_datetime(), "watch_mode": ""},
 		update_modified=False,
 	)
-	notify_managers(doc, message)
+	notify_managers(
+		doc,
+		_("Email Parser: {0} needs OAuth2 authorization again; pulling is off").format(doc.email_address),
+		message,
+	)
 	frappe.db.commit()  # the account is off and managers know, before the job ends
-
-
-def notify_managers(doc, message: str) -> None:
-	managers = frappe.get_all(
-		"Has Role",
-		filters={"role": ("in", ("MH Manager", "System Manager")), "parenttype": "User"},
-		pluck="parent",
-		distinct=True,
-	)
-	subject = _("Email Parser: {0} needs OAuth2 authorization again; pulling is off").format(
-		doc.email_address
-	)
-	for user in managers:
-		if user in ("Administrator", "Guest") or not frappe.db.get_value("User", user, "enabled"):
-			continue
-		frappe.get_doc(
-			{
-				"doctype": "Notification Log",
-				"for_user": user,
-				"type": "Alert",
-				"document_type": "MH IMAP Account",
-				"document_name": doc.name,
-				"subject": subject,
-				"email_content": escape_html(message),
-			}
-		).insert(ignore_permissions=True)

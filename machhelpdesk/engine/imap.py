@@ -402,21 +402,13 @@ class MailboxSession:
 				# LOGIN is ASCII-only; SASL PLAIN carries UTF-8 (RFC 4616).
 				client.plain_login(settings.username, settings.password)
 		except LoginError as exc:
-			text = _server_text(exc, settings.password)
-			if text.startswith(("socket error", "command: ")) or "EOF" in text:
-				self._lost = True
-				raise IMAPConnectError(
-					f"The connection to {settings.address} was lost while logging in ({text})."
-				) from None
+			text, error = self._login_failure(exc, settings.password, "the password")
+			if error is not None:
+				raise error from None
 			if "PRIVACYREQUIRED" in text.upper():
 				raise IMAPAuthError(
 					f"The server at {settings.address} refuses passwords without encryption; "
 					f"choose STARTTLS or SSL/TLS."
-				) from None
-			if "UNAVAILABLE" in text.upper():
-				raise IMAPError(
-					f"The server at {settings.address} could not check the password just now "
-					f"(temporary failure: {text}). Try again later."
 				) from None
 			raise IMAPAuthError(
 				f"The server at {settings.address} rejected the user name or password for "
@@ -424,6 +416,21 @@ class MailboxSession:
 			) from None
 		except Exception as exc:
 			raise self._command_error(exc, "log in") from exc
+
+	def _login_failure(self, exc: LoginError, secret: str, what: str) -> tuple[str, IMAPError | None]:
+		"""The server's words for a failed login (without `secret`), and the error to raise instead of "refused"
+		when the connection was lost or the server could not check `what` just now."""
+		address = self.settings.address
+		text = _server_text(exc, secret)
+		if text.startswith(("socket error", "command: ")) or "EOF" in text:
+			self._lost = True
+			return text, IMAPConnectError(f"The connection to {address} was lost while logging in ({text}).")
+		if "UNAVAILABLE" in text.upper():
+			return text, IMAPError(
+				f"The server at {address} could not check {what} just now (temporary failure: {text}). "
+				f"Try again later."
+			)
+		return text, None
 
 	def _oauth_login(self, client: imapclient.IMAPClient, capabilities: tuple[bytes, ...]) -> None:
 		"""SASL XOAUTH2 or OAUTHBEARER (RFC 7628) with the access token; its text never reaches a message."""
@@ -441,17 +448,9 @@ class MailboxSession:
 			else:
 				client.oauth2_login(settings.username, settings.access_token)
 		except LoginError as exc:
-			text = _server_text(exc, settings.access_token)
-			if text.startswith(("socket error", "command: ")) or "EOF" in text:
-				self._lost = True
-				raise IMAPConnectError(
-					f"The connection to {settings.address} was lost while logging in ({text})."
-				) from None
-			if "UNAVAILABLE" in text.upper():
-				raise IMAPError(
-					f"The server at {settings.address} could not check the OAuth token just now "
-					f"(temporary failure: {text}). Try again later."
-				) from None
+			text, error = self._login_failure(exc, settings.access_token, "the OAuth token")
+			if error is not None:
+				raise error from None
 			raise IMAPTokenError(
 				f"The server at {settings.address} rejected the OAuth access token for {settings.username!r} "
 				f"({mechanism}: {text}). The token may have expired or been revoked, may belong to another "
