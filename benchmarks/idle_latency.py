@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -33,6 +36,29 @@ def percentile(values: list[float], fraction: float) -> float:
 	ordered = sorted(values)
 	rank = max(1, round(fraction * len(ordered)))
 	return ordered[min(rank, len(ordered)) - 1]
+
+
+def job_phases(worker_log: str, appended_at: list[float]) -> tuple[list[float], list[float]]:
+	"""For each APPEND, the wait until the worker started the next pull job and how long that job ran,
+	from the timestamps of the worker's log lines ("... execute_job(..." and "Job OK")."""
+	starts, ends = [], []
+	for line in worker_log.splitlines():
+		found = _LOG_TIME.match(line)
+		if not found:
+			continue
+		when = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+		if "execute_job(" in line and "pull_account" in line:
+			starts.append(when)
+		elif "Job OK" in line:
+			ends.append(when)
+	waits, runs = [], []
+	for appended in appended_at:
+		start = next((t for t in starts if t >= appended), None)
+		end = next((t for t in ends if start is not None and t >= start), None)
+		if start is not None and end is not None:
+			waits.append(start - appended)
+			runs.append(end - start)
+	return waits, runs
 
 
 def main() -> None:
@@ -102,10 +128,12 @@ def main() -> None:
 			print(f"watching with IDLE after {time.monotonic() - started:.1f} s (process start included)")
 
 			latencies = []
+			appended_at = []  # wall clock, to line up with the worker's log
 			for number in range(args.n):
 				subject = f"Latency {number:03d}"
 				dovecot.append(user, make_message(subject=subject))
 				sent = time.monotonic()
+				appended_at.append(time.time())
 				wait(
 					lambda subject=subject: frappe.db.exists("MH Ticket", {"subject": subject}),
 					args.timeout,
@@ -121,7 +149,8 @@ def main() -> None:
 			wait(lambda: tickets("Burst ") == args.n, max(args.timeout, args.n * 2.0), "the burst")
 			burst = time.monotonic() - sent
 			wait(job_idle, args.timeout, "the last pull to end")
-			jobs = worker.log_text().count("Job OK")
+			worker_log = worker.log_text()
+			jobs = worker_log.count("Job OK")
 
 	reset_intake_data()
 	frappe.db.set_single_value("MH Settings", "require_registration", saved)
@@ -133,6 +162,12 @@ def main() -> None:
 	print(
 		f"  min    {min(latencies):.2f} s, max {max(latencies):.2f} s, mean {statistics.mean(latencies):.2f} s"
 	)
+	waits, runs = job_phases(worker_log, appended_at)
+	if waits:
+		print(
+			f"  of which: APPEND -> pull job started (IDLE news, queueing, the worker's pick-up) median "
+			f"{statistics.median(waits):.2f} s; job start -> job end median {statistics.median(runs):.2f} s"
+		)
 	print(f"\nBurst of {args.n} mails appended in {appended:.2f} s: all tickets after {burst:.2f} s")
 	print(f"Pull jobs run by the worker in all: {jobs}")
 	print("\nFor comparison, polling every 5 minutes waits 150 s on average and up to 300 s.")
