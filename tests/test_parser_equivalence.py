@@ -17,17 +17,15 @@ smaller where the stdlib would take seconds), hand-made edge cases of the splitt
 endings, both driven by hypothesis. ``MH_FUZZ_PROFILE=mh-fuzz-long`` runs ten times the examples.
 """
 
-import os
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks import hostile
-from benchmarks.fuzz import MUTATORS, hang_guard, load_seeds, mutate
+from benchmarks.fuzz import MUTATORS, hang_guard, mutate
 from machhelpdesk.engine.message import (
 	_FAST_BOUNDARY_SCAN,
 	_FAST_MAX_DEPTH,
@@ -37,26 +35,11 @@ from machhelpdesk.engine.message import (
 	_split_tree,
 	parse_message,
 )
+from tests.test_fuzz import SEED_BYTES, draw_function, examples, seeds
 
 MB = hostile.MB
 ATTACHMENT_LIMIT = 64 * 1024
 HANG_SECONDS = 120  # a guard against hangs only
-SEED_BYTES = 64 * 1024
-
-settings.register_profile(
-	"mh-equivalence",
-	max_examples=40,
-	deadline=None,
-	suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-)
-PROFILE = settings.get_profile("mh-equivalence")
-SCALE = 10 if os.environ.get("MH_FUZZ_PROFILE") == "mh-fuzz-long" else 1
-
-
-def examples(count: int) -> settings:
-	"""Settings with `count` examples (times ten in the long profile)."""
-	return settings(PROFILE, max_examples=count * SCALE)
-
 
 # --- comparing -------------------------------------------------------------------------------------------
 
@@ -292,15 +275,7 @@ def test_edge_case_parses_the_same_both_ways(name: str) -> None:
 # --- mutated corpus messages ------------------------------------------------------------------------------
 
 
-@cache
-def seeds() -> tuple[bytes, ...]:
-	"""The corpus messages and fixtures, cut to SEED_BYTES (the fixtures alone without the corpus)."""
-	return tuple(load_seeds(SEED_BYTES)[0])
-
-
-def draw_function(data: st.DataObject):
-	"""Return draw(lo, hi) for the mutators, backed by hypothesis (so failures shrink)."""
-	return lambda low, high: data.draw(st.integers(low, high))
+# seeds() and draw_function() are tests/test_fuzz.py's: the same seeds, cut to the same size
 
 
 @pytest.mark.parametrize("mutator", MUTATORS, ids=[mutator.__name__ for mutator in MUTATORS])
