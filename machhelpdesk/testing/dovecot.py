@@ -34,10 +34,10 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 
 from imapclient import IMAPClient
 
+from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK, free_ports, wait_for_ports
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
@@ -56,7 +56,7 @@ class DovecotError(RuntimeError):
 	"""Dovecot could not be set up, started or driven; the message carries the tail of its log."""
 
 
-class Dovecot:
+class Dovecot(StartStop):
 	"""A throwaway Dovecot with one plain/STARTTLS listener (`port`) and one implicit-TLS listener (`ssl_port`)."""
 
 	def __init__(
@@ -146,18 +146,6 @@ class Dovecot:
 		return self._process is not None and self._process.poll() is None
 
 	# -- lifecycle -----------------------------------------------------------------------------
-
-	def __enter__(self) -> Dovecot:
-		self.start()
-		return self
-
-	def __exit__(
-		self,
-		exc_type: type[BaseException] | None,
-		exc: BaseException | None,
-		tb: TracebackType | None,
-	) -> None:
-		self.stop()
 
 	def start(self) -> None:
 		"""Write the config, make the certificate, start Dovecot and wait until both ports accept connections."""

@@ -20,9 +20,9 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import parse_qs
 
+from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK
 
 
@@ -62,7 +62,7 @@ passdb {{
 """
 
 
-class IntrospectionServer:
+class IntrospectionServer(StartStop):
 	"""An RFC 7662 token introspection endpoint on 127.0.0.1 that knows the tokens in `tokens` (token -> user).
 
 	It answers ``{"active": true, "email": user, "scope": ...}`` for a known token and ``{"active": false}``
@@ -82,18 +82,6 @@ class IntrospectionServer:
 			raise RuntimeError("the introspection server is not running")
 		host, port = self._server.server_address[:2]
 		return f"http://{host}:{port}/introspect"
-
-	def __enter__(self) -> IntrospectionServer:
-		self.start()
-		return self
-
-	def __exit__(
-		self,
-		exc_type: type[BaseException] | None,
-		exc: BaseException | None,
-		tb: TracebackType | None,
-	) -> None:
-		self.stop()
 
 	def start(self) -> None:
 		owner = self

@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
+from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK, free_port, wait_for_ports
 
 REDIS_SERVER = "redis-server"
@@ -30,7 +30,7 @@ class ProcessError(RuntimeError):
 	"""A helper process did not start; the message carries the tail of its log."""
 
 
-class RedisQueue:
+class RedisQueue(StartStop):
 	"""A throwaway redis-server on 127.0.0.1 (no persistence), for one test's job queue."""
 
 	def __init__(self, binary: str = REDIS_SERVER) -> None:
@@ -47,18 +47,6 @@ class RedisQueue:
 	def env(self) -> dict[str, str]:
 		"""Environment that points Frappe's job queue (enqueue and workers) at this server."""
 		return {"FRAPPE_REDIS_QUEUE": self.url}
-
-	def __enter__(self) -> RedisQueue:
-		self.start()
-		return self
-
-	def __exit__(
-		self,
-		exc_type: type[BaseException] | None,
-		exc: BaseException | None,
-		tb: TracebackType | None,
-	) -> None:
-		self.stop()
 
 	def start(self) -> None:
 		if shutil.which(self.binary) is None:
@@ -89,7 +77,7 @@ class RedisQueue:
 			self.directory = None
 
 
-class BenchProcess:
+class BenchProcess(StartStop):
 	"""``bench ARGS`` (``python -m frappe.utils.bench_helper frappe ARGS`` in the sites folder), in the background.
 
 	Its output goes to a log file (`log_text()`); `stop()` sends SIGTERM to its process group, then SIGKILL.
@@ -118,18 +106,6 @@ class BenchProcess:
 	@property
 	def running(self) -> bool:
 		return self.process is not None and self.process.poll() is None
-
-	def __enter__(self) -> BenchProcess:
-		self.start()
-		return self
-
-	def __exit__(
-		self,
-		exc_type: type[BaseException] | None,
-		exc: BaseException | None,
-		tb: TracebackType | None,
-	) -> None:
-		self.stop()
 
 	def start(self) -> None:
 		env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
+from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK, free_port
 
 
@@ -74,7 +74,7 @@ def _accept_anyone(
 	return AuthResult(success=True, handled=False, auth_data=getattr(auth_data, "login", None))
 
 
-class SMTPSink:
+class SMTPSink(StartStop):
 	"""Threaded aiosmtpd server on a free loopback port collecting every message it receives."""
 
 	def __init__(self, *, host: str = LOOPBACK, port: int | None = None, accept_auth: bool = False) -> None:
@@ -86,18 +86,6 @@ class SMTPSink:
 		self._messages: list[ReceivedMail] = []
 		self._arrived = threading.Condition()
 		self._controller: Controller | None = None
-
-	def __enter__(self) -> SMTPSink:
-		self.start()
-		return self
-
-	def __exit__(
-		self,
-		exc_type: type[BaseException] | None,
-		exc: BaseException | None,
-		tb: TracebackType | None,
-	) -> None:
-		self.stop()
 
 	def start(self) -> None:
 		"""Start listening; returns when the server answers."""

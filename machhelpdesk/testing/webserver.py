@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK, free_port
 
 
@@ -23,7 +24,7 @@ class WebServerError(RuntimeError):
 	"""gunicorn did not come up; the message carries the tail of its log."""
 
 
-class FrappeWebServer:
+class FrappeWebServer(StartStop):
 	"""Context manager: ``with FrappeWebServer(sites_path, "test_site") as web: web.url("/login")``."""
 
 	def __init__(self, sites_path: str, site: str, *, python: str | None = None, workers: int = 2):
@@ -41,13 +42,6 @@ class FrappeWebServer:
 
 	def url(self, path: str) -> str:
 		return self.base_url + path
-
-	def __enter__(self) -> FrappeWebServer:
-		self.start()
-		return self
-
-	def __exit__(self, *exc) -> None:
-		self.stop()
 
 	def start(self, timeout: float = 60) -> None:
 		self.port = free_port()
