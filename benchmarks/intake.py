@@ -67,6 +67,15 @@ def replicated_corpus(n: int) -> list[bytes]:
 
 
 def peak_rss_mb() -> float:
+	"""This process's peak resident memory. ``ru_maxrss`` would count the parent's memory too, which a
+	child holds between fork and exec; the kernel's VmHWM starts again at exec."""
+	try:
+		with open("/proc/self/status") as status:
+			for line in status:
+				if line.startswith("VmHWM:"):
+					return int(line.split()[1]) / 1024
+	except OSError:
+		pass
 	return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
