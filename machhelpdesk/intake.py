@@ -52,6 +52,7 @@ LOGIN_FAILURE_LIMIT = 5
 FETCH_BATCH = 20
 REOPEN_WINDOW_DAYS = 30
 SUBJECT_LENGTH = 500
+FILE_NAME_LENGTH = 140  # File.file_name is a Data field
 ERROR_LENGTH = 20000
 
 # Ledger states. Every message ends in exactly one of the terminal ones.
@@ -1044,7 +1045,7 @@ def create_ticket(account, row, parsed: ParsedMessage, plan: Plan, context: Inta
 			"doctype": "MH Ticket",
 			"subject": (parsed.subject or _("(no subject)"))[:SUBJECT_LENGTH],
 			"raised_by": sender.email,
-			"raised_by_name": (sender.name or "")[:140],
+			"raised_by_name": without_tags(sender.name or "")[:140],
 			"contact": contact,
 			"cc": ", ".join(other_participants(account, parsed, context)),
 			"department": decision.department or account.default_department,
@@ -1241,7 +1242,8 @@ def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | 
 	is kept as opaque bytes under a ``.bin`` name instead of failing the whole message. A disk that
 	refuses the write fails the message instead, so that it stays on the server until there is room.
 	"""
-	for name in (filename, f"{filename}.bin"):
+	fitted = fit_file_name(filename)
+	for name in (fitted, fit_file_name(f"{filename}.bin")):
 		frappe.db.savepoint("mh_attachment")
 		try:
 			file = frappe.get_doc(
@@ -1255,7 +1257,7 @@ def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | 
 				}
 			)
 			file.save(ignore_permissions=True)
-			return file.file_url, (name if name != filename else None)
+			return file.file_url, (name if name != fitted else None)
 		except OSError as e:
 			if e.errno in DISK_ERRORS:
 				raise
@@ -1263,6 +1265,16 @@ def store_attachment(ticket: str, filename: str, content: bytes) -> tuple[str | 
 		except Exception:
 			frappe.db.rollback(save_point="mh_attachment")
 	return None, None
+
+
+def fit_file_name(filename: str, limit: int = FILE_NAME_LENGTH) -> str:
+	"""``filename`` shortened to what Frappe's File keeps (a Data field), keeping its extension."""
+	if len(filename) <= limit:
+		return filename
+	stem, dot, extension = filename.rpartition(".")
+	if not dot or not stem or len(extension) > 16:
+		return filename[:limit]
+	return stem[: limit - len(extension) - 2] + "~." + extension
 
 
 def human_size(size: int) -> str:
