@@ -533,6 +533,18 @@ class TestHeldMailActions(ChallengeTestCase):
 		frappe.set_user(self.agent)
 		self.assertEqual(len(frappe.get_list("MH Inbound Mail", filters={"state": "Held"})), 2)
 
+	def test_agents_see_challenges_but_not_their_token_hash(self):
+		self.hold_two()
+		frappe.set_user(self.agent)
+		listed = frappe.get_list("MH Sender Challenge", fields=["name", "email", "token_hash"])
+		self.assertEqual([row.email for row in listed], ["olga@example.com"])
+		self.assertNotIn("token_hash", listed[0], "field-level permission drops it from the list")
+		opened = frappe.client.get("MH Sender Challenge", listed[0].name)
+		self.assertEqual(opened["email"], "olga@example.com")
+		self.assertIsNone(opened.get("token_hash"))
+		frappe.set_user("Administrator")
+		self.assertEqual(len(frappe.db.get_value("MH Sender Challenge", listed[0].name, "token_hash")), 64)
+
 
 class TestConfirmOverHTTP(ChallengeTestCase):
 	"""The challenge link, followed against the site served by gunicorn on 127.0.0.1."""

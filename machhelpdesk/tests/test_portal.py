@@ -215,6 +215,12 @@ class TestPortalAccess(PortalTestCase):
 		# Frappe caches the start of each comment on the document (_comments), which the API returns.
 		ticket = self.ticket_for(ALICE)
 		frappe.get_doc("MH Ticket", ticket).add_comment("Comment", "NOTE-7731: refund only if she insists")
+		# The intake fields say which rules matched: for agents only (permission level 1).
+		frappe.db.set_value(
+			"MH Ticket",
+			ticket,
+			{"intake_note": "RULE-TRACE-4410 matched", "first_message_id": "<MID-5520@example.com>"},
+		)
 		frappe.db.commit()
 		alice = self.session(ALICE)
 		responses = {
@@ -226,7 +232,7 @@ class TestPortalAccess(PortalTestCase):
 			),
 			"list": alice.get(
 				self.web.url("/api/resource/MH Ticket"),
-				params={"fields": json.dumps(["name", "_comments"])},
+				params={"fields": json.dumps(["name", "_comments", "intake_note", "first_message_id"])},
 				timeout=30,
 			),
 		}
@@ -235,8 +241,17 @@ class TestPortalAccess(PortalTestCase):
 				self.assertEqual(response.status_code, 200, response.text[:300])
 				self.assertIn(ticket, response.text, "her own ticket")
 				self.assertNotIn("NOTE-7731", response.text)
+				self.assertNotIn("RULE-TRACE-4410", response.text)
+				self.assertNotIn("MID-5520", response.text)
 		cached = json.loads(frappe.db.get_value("MH Ticket", ticket, "_comments"))
 		self.assertEqual(len(cached), 1, "the list view's comment count stays")
+		as_agent = self.session(AGENT).get(
+			self.web.url("/api/method/frappe.client.get"),
+			params={"doctype": "MH Ticket", "name": ticket},
+			timeout=30,
+		)
+		self.assertEqual(as_agent.status_code, 200, as_agent.text[:300])
+		self.assertEqual(as_agent.json()["message"]["intake_note"], "RULE-TRACE-4410 matched")
 
 	def test_hide_helpdesk_from_client(self):
 		ticket = self.ticket_for(ALICE)
