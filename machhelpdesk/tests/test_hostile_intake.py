@@ -4,6 +4,9 @@ read, and a ticket wherever a person could have meant it. The engine's own hosti
 """
 
 import base64
+import gzip
+import io
+import zipfile
 
 import frappe
 
@@ -43,6 +46,11 @@ def nested(levels: int) -> bytes:
 		inner = b"Content-Type: message/rfc822\r\n\r\n" + inner
 		inner = multipart("wrapper", [inner])
 	return inner
+
+
+def stored_bytes(file: str) -> bytes:
+	with open(frappe.get_doc("File", file).get_full_path(), "rb") as stored:
+		return stored.read()
 
 
 class TestHostileMailThroughIntake(IntakeTestCase):
@@ -127,3 +135,54 @@ class TestHostileMailThroughIntake(IntakeTestCase):
 			self.assertNotIn("<", file.file_name)
 			self.assertLessEqual(len(file.file_name.encode()), 255)
 			self.assertTrue(file.file_url.startswith("/private/files/"))
+
+	def test_encoding_traps_become_tickets_and_archives_are_stored_as_sent(self):
+		# Archives of 64 MB of zeros are kept as the customer sent them, never unpacked; a gzip-encoded
+		# text part is not inflated either. Quoted-printable soft breaks and a base64 attachment with a
+		# break after every character cost time per line, not memory per line.
+		zeros = b"\0" * (64 * MB)
+		zipped = io.BytesIO()
+		with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+			archive.writestr("zeros.txt", zeros)
+		archives = {"zeros.gz": gzip.compress(zeros, mtime=0), "zeros.zip": zipped.getvalue()}
+		gzipped_text = gzip.compress(b"hello " * MB, mtime=0)
+		row, ticket = self.pull_one(
+			multipart(
+				"archives",
+				[
+					b"Content-Type: text/plain\r\n\r\nLogs attached.",
+					b"Content-Type: text/plain\r\nContent-Transfer-Encoding: gzip\r\n\r\n" + gzipped_text,
+					*(attachment(name, content, "application/gzip") for name, content in archives.items()),
+				],
+			)
+		)
+		self.assertEqual(row.state, "Ticketed", row.reason)
+		stored = {
+			file.file_name: stored_bytes(file.name)
+			for file in frappe.get_all("File", filters={"attached_to_name": ticket.name}, fields=["*"])
+		}
+		self.assertEqual(stored, archives, ticket.intake_note)
+		content = frappe.db.get_value("Communication", {"reference_name": ticket.name}, "content")
+		self.assertIn("Logs attached.", content)
+		self.assertLess(len(content), 2 * MB, "the gzip-encoded part was not inflated into the thread")
+
+		self.setUp()
+		qp = b"=\r\n" * (2 * MB) + b"=41" * (MB // 3) + b"\r\n=ZZ=4=\r\nend\r\n"
+		row, ticket = self.pull_one(
+			message("soft breaks", qp, **{"Content-Transfer-Encoding": "quoted-printable"})
+		)
+		self.assertEqual(row.state, "Ticketed", row.reason)
+		content = frappe.db.get_value("Communication", {"reference_name": ticket.name}, "content")
+		self.assertIn("AAAA", content)
+		self.assertIn("end", content)
+
+		self.setUp()
+		row, ticket = self.pull_one(
+			multipart(
+				"one character per line",
+				[b"Content-Type: text/plain\r\n\r\nsee attached", attachment("a.bin", b"") + b"A\r\n" * MB],
+			)
+		)
+		self.assertEqual(row.state, "Ticketed", row.reason)
+		[file] = frappe.get_all("File", filters={"attached_to_name": ticket.name}, pluck="name")
+		self.assertEqual(stored_bytes(file), b"\0" * (MB // 4 * 3))
