@@ -8,6 +8,7 @@ imports no frappe; the WSGI entry point gunicorn loads is :mod:`machhelpdesk.tes
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from machhelpdesk.testing.lifecycle import StartStop
 from machhelpdesk.testing.ports import LOOPBACK, free_port
+
+CSRF_TOKEN = re.compile(r'frappe\.csrf_token = "([^"]+)"')
 
 
 class WebServerError(RuntimeError):
@@ -42,6 +45,24 @@ class FrappeWebServer(StartStop):
 
 	def url(self, path: str) -> str:
 		return self.base_url + path
+
+	def login(self, user: str, password: str, *, csrf_from: str | None = None):
+		"""Return a ``requests`` session logged in as ``user``. With ``csrf_from`` (a path), the session
+		also sends the CSRF token that page hands its scripts, as a browser's requests would."""
+		import requests  # a dependency of Frappe: only the bench's tests log in
+
+		session = requests.Session()
+		response = session.post(
+			self.url("/api/method/login"), data={"usr": user, "pwd": password}, timeout=30
+		)
+		if response.status_code != 200:
+			raise AssertionError(f"login as {user}: {response.status_code} {response.text[:300]}")
+		if csrf_from:
+			page = session.get(self.url(csrf_from), timeout=30)
+			token = CSRF_TOKEN.search(page.text)
+			if token:
+				session.headers["X-Frappe-CSRF-Token"] = token.group(1)
+		return session
 
 	def start(self, timeout: float = 60) -> None:
 		self.port = free_port()

@@ -109,8 +109,10 @@ def make_ticket(subject: str = "Printer on fire", raised_by: str = "customer@exa
 	return doc
 
 
-def make_user(email: str, roles: tuple[str, ...] = (), user_type: str = "System User") -> str:
-	"""A user with these roles (created once)."""
+def make_user(
+	email: str, roles: tuple[str, ...] = (), user_type: str = "System User", password: str | None = None
+) -> str:
+	"""A user with these roles (created once), and this password when one is given."""
 	if not frappe.db.exists("User", email):
 		frappe.get_doc(
 			{
@@ -125,6 +127,10 @@ def make_user(email: str, roles: tuple[str, ...] = (), user_type: str = "System 
 	else:
 		user = frappe.get_doc("User", email)
 		user.add_roles(*roles)
+	if password:
+		from frappe.utils.password import update_password
+
+		update_password(email, password)
 	return email
 
 
@@ -246,12 +252,9 @@ def make_customer(email: str, password: str, first_name: str | None = None) -> s
 
 	``reset_intake_data`` deletes them (they are website users with the customer role).
 	"""
-	make_user(email, ("MH Customer",), user_type="Website User")
+	make_user(email, ("MH Customer",), user_type="Website User", password=password)
 	if first_name:
 		frappe.db.set_value("User", email, "first_name", first_name)
-	from frappe.utils.password import update_password
-
-	update_password(email, password)
 	if not frappe.db.exists("Contact", {"user": email}):
 		frappe.get_doc(
 			{

@@ -26,7 +26,6 @@ from pathlib import Path
 import frappe
 from frappe.desk.form.assign_to import add as add_assignment
 from frappe.tests.utils import FrappeTestCase
-from frappe.utils.password import update_password
 
 from machhelpdesk.intake import pull_account
 from machhelpdesk.testing.dovecot import Dovecot
@@ -147,8 +146,7 @@ class TestInBrowser(FrappeTestCase):
 		)
 		make_customer(ALICE, PASSWORD, "Alice")
 		make_customer(BOB, PASSWORD, "Bob")
-		make_user(AGENT, ("MH Agent",))
-		update_password(AGENT, PASSWORD)
+		make_user(AGENT, ("MH Agent",), password=PASSWORD)
 		frappe.db.commit()
 		cls.stack = []
 		try:

@@ -17,7 +17,7 @@ import requests
 
 import frappe
 from frappe.utils import add_to_date, get_datetime, now_datetime
-from frappe.utils.password import get_encryption_key, update_password
+from frappe.utils.password import get_encryption_key
 
 from machhelpdesk import challenge_response
 from machhelpdesk.engine.challenge import hash_token, make_form_nonce
@@ -552,8 +552,7 @@ class TestConfirmOverHTTP(ChallengeTestCase):
 	@classmethod
 	def setUpClass(cls):
 		super().setUpClass()
-		cls.agent = make_user("held.web.agent@helpdesk.test", ("MH Agent",))
-		update_password(cls.agent, PASSWORD)
+		cls.agent = make_user("held.web.agent@helpdesk.test", ("MH Agent",), password=PASSWORD)
 		frappe.db.commit()  # gunicorn is another process: it must see these
 		cls.web = FrappeWebServer(frappe.local.sites_path, frappe.local.site, python=sys.executable)
 		cls.web.start()
@@ -580,10 +579,7 @@ class TestConfirmOverHTTP(ChallengeTestCase):
 		return response
 
 	def login(self, user: str) -> requests.Session:
-		s = requests.Session()
-		response = s.post(self.web.url("/api/method/login"), data={"usr": user, "pwd": PASSWORD}, timeout=30)
-		self.assertEqual(response.status_code, 200, response.text[:300])
-		return s
+		return self.web.login(user, PASSWORD)
 
 	def form_field(self, response: requests.Response, name: str) -> str:
 		match = re.search(rf'name="{name}" value="([^"]*)"', response.text)
@@ -749,8 +745,9 @@ class TestConfirmOverHTTP(ChallengeTestCase):
 
 	def test_held_mail_is_for_agents_only_over_http(self):
 		# reset_intake_data removes customers' website users, so the customer is made here.
-		customer = make_user("held.web.customer@example.net", ("MH Customer",), user_type="Website User")
-		update_password(customer, PASSWORD)
+		customer = make_user(
+			"held.web.customer@example.net", ("MH Customer",), user_type="Website User", password=PASSWORD
+		)
 		frappe.db.commit()
 		self.deliver(make_message(sender=SENDER, subject="Private"))
 		self.pull()

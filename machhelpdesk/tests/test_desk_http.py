@@ -7,7 +7,6 @@ import requests
 
 import frappe
 from frappe.tests.utils import FrappeTestCase
-from frappe.utils.password import update_password
 
 from machhelpdesk.testing.dovecot import Dovecot
 from machhelpdesk.testing.webserver import FrappeWebServer
@@ -28,10 +27,8 @@ class TestDeskOverHTTP(FrappeTestCase):
 	def setUpClass(cls):
 		super().setUpClass()
 		reset_intake_data()
-		cls.admin = make_user("desk.admin@helpdesk.test", ("System Manager", "MH Manager"))
-		cls.agent = make_user("desk.agent@helpdesk.test", ("MH Agent",))
-		for user in (cls.admin, cls.agent):
-			update_password(user, PASSWORD)
+		cls.admin = make_user("desk.admin@helpdesk.test", ("System Manager", "MH Manager"), password=PASSWORD)
+		cls.agent = make_user("desk.agent@helpdesk.test", ("MH Agent",), password=PASSWORD)
 		cls.dovecot = Dovecot()
 		cls.dovecot.start()
 		user, password = cls.dovecot.new_user("desk")
@@ -48,10 +45,7 @@ class TestDeskOverHTTP(FrappeTestCase):
 		super().tearDownClass()
 
 	def session(self, user: str) -> requests.Session:
-		s = requests.Session()
-		response = s.post(self.web.url("/api/method/login"), data={"usr": user, "pwd": PASSWORD}, timeout=30)
-		self.assertEqual(response.status_code, 200, response.text[:500])
-		return s
+		return self.web.login(user, PASSWORD)
 
 	def test_every_mh_doctype_loads_in_the_desk(self):
 		s = self.session(self.admin)

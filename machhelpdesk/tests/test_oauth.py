@@ -18,7 +18,6 @@ import requests
 import frappe
 from frappe.tests.utils import FrappeTestCase
 from frappe.utils import add_to_date, now_datetime
-from frappe.utils.password import update_password
 
 from machhelpdesk.idle import accounts_due_for_scheduled_pull
 from machhelpdesk.intake import pull_account
@@ -48,8 +47,7 @@ class TestXOAuth2(FrappeTestCase):
 		super().setUpClass()
 		reset_intake_data()
 		save_settings(require_registration=0)
-		make_user(MAILBOX, ("System Manager", "MH Manager"))
-		update_password(MAILBOX, PASSWORD)
+		make_user(MAILBOX, ("System Manager", "MH Manager"), password=PASSWORD)
 		frappe.db.commit()
 		# Plain HTTP on loopback: oauthlib insists on HTTPS unless told this is a test.
 		os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
@@ -140,12 +138,7 @@ class TestXOAuth2(FrappeTestCase):
 	# -- helpers --
 
 	def desk_session(self) -> requests.Session:
-		session = requests.Session()
-		response = session.post(
-			self.web.url("/api/method/login"), data={"usr": MAILBOX, "pwd": PASSWORD}, timeout=30
-		)
-		self.assertEqual(response.status_code, 200, response.text[:500])
-		return session
+		return self.web.login(MAILBOX, PASSWORD, csrf_from="/app")
 
 	def authorize(self) -> str:
 		"""What the Connected User does once in the desk: press Authorize OAuth2 and sign in at the provider."""
@@ -153,7 +146,6 @@ class TestXOAuth2(FrappeTestCase):
 		response = session.post(
 			self.web.url("/api/method/run_doc_method"),
 			data={"dt": "MH IMAP Account", "dn": self.account.name, "method": "authorize_oauth"},
-			headers={"X-Frappe-CSRF-Token": self.csrf_token(session)},
 			timeout=30,
 		)
 		self.assertEqual(response.status_code, 200, response.text[:1000])
@@ -170,12 +162,6 @@ class TestXOAuth2(FrappeTestCase):
 		token = self.cache().get_password("access_token", raise_exception=False)
 		self.assertTrue(token, "the callback stored no token")
 		return token
-
-	def csrf_token(self, session: requests.Session) -> str:
-		page = session.get(self.web.url("/app"), timeout=60)
-		marker = 'csrf_token = "'
-		start = page.text.index(marker) + len(marker)
-		return page.text[start : page.text.index('"', start)]
 
 	def cache(self):
 		return frappe.get_doc("Connected App", APP).get_token_cache(MAILBOX)

@@ -41,7 +41,6 @@ DEFAULTS = {
 }
 REOPEN_BUTTON = 'class="btn btn-default btn-sm mh-reopen"'
 REPLY_FORM = '<form class="mh-reply-form"'
-CSRF = re.compile(r'frappe\.csrf_token = "([^"]+)"')
 
 
 def add_message(ticket: str, sender: str, text: str, received: bool = True, minutes_ago: int = 0) -> str:
@@ -73,8 +72,7 @@ class PortalTestCase(FrappeTestCase):
 		reset_intake_data()
 		make_customer(ALICE, PASSWORD, "Alice")
 		make_customer(BOB, PASSWORD, "Bob")
-		make_user(AGENT, ("MH Agent",))
-		frappe.utils.password.update_password(AGENT, PASSWORD)
+		make_user(AGENT, ("MH Agent",), password=PASSWORD)
 		save_settings(**DEFAULTS)
 		cls.web = FrappeWebServer(frappe.local.sites_path, frappe.local.site, python=sys.executable)
 		cls.web.start()
@@ -93,17 +91,7 @@ class PortalTestCase(FrappeTestCase):
 
 	def session(self, user: str | None = None) -> requests.Session:
 		"""A browser-like session: logged in (unless a guest), with the CSRF token a portal page carries."""
-		s = requests.Session()
-		if user:
-			response = s.post(
-				self.web.url("/api/method/login"), data={"usr": user, "pwd": PASSWORD}, timeout=30
-			)
-			self.assertEqual(response.status_code, 200, response.text[:300])
-			page = s.get(self.web.url("/mh/tickets"), timeout=30)
-			token = CSRF.search(page.text)
-			if token:
-				s.headers["X-Frappe-CSRF-Token"] = token.group(1)
-		return s
+		return self.web.login(user, PASSWORD, csrf_from="/mh/tickets") if user else requests.Session()
 
 	def ticket_for(self, email: str, subject: str = "Printer on fire", **values) -> str:
 		name = make_ticket(subject, raised_by=email, **values).name

@@ -79,8 +79,7 @@ class TestWhitelistedMethods(FrappeTestCase):
 		reset_intake_data()
 		make_customer(ALICE, PASSWORD, "Alice")
 		make_customer(BOB, PASSWORD, "Bob")
-		make_user(AGENT, ("MH Agent",))
-		frappe.utils.password.update_password(AGENT, PASSWORD)
+		make_user(AGENT, ("MH Agent",), password=PASSWORD)
 		cls.dovecot = Dovecot()
 		cls.dovecot.start()
 		user, password = cls.dovecot.new_user("security")
@@ -109,18 +108,9 @@ class TestWhitelistedMethods(FrappeTestCase):
 		super().tearDownClass()
 
 	def session(self, user: str | None = None) -> requests.Session:
-		s = requests.Session()
-		if user:
-			response = s.post(
-				self.web.url("/api/method/login"), data={"usr": user, "pwd": PASSWORD}, timeout=30
-			)
-			self.assertEqual(response.status_code, 200, response.text[:300])
-			# The CSRF token, as a page of the site gives it to its scripts.
-			page = s.get(self.web.url("/mh/tickets" if user != AGENT else "/app"), timeout=30)
-			found = page.text.split('csrf_token = "', 1)
-			if len(found) == 2:
-				s.headers["X-Frappe-CSRF-Token"] = found[1].split('"', 1)[0]
-		return s
+		if not user:
+			return requests.Session()
+		return self.web.login(user, PASSWORD, csrf_from="/mh/tickets" if user != AGENT else "/app")
 
 	def arguments(self, method: str) -> dict:
 		"""Plausible arguments, aimed at Alice's ticket or the held mail, so a refusal is a refusal."""
