@@ -837,25 +837,17 @@ def plan_message(
 		return Plan(state=IGNORED, reason=automation.reason, ticket=thread, automation=automation)
 	if rules is None:
 		rules = context.rules()
-	if thread:
-		decision = apply_rules(rules, parsed, is_reply=True)
-		if decision.delete:
-			return Plan(
-				state=DELETED_BY_RULE,
-				reason=_("deleted by rule {0}").format(decision.deleted_by),
-				decision=decision,
-				automation=automation,
-				ticket=thread,
-			)
-		return Plan(state=REPLIED, ticket=thread, decision=decision, automation=automation)
-	decision = apply_rules(rules, parsed)
+	decision = apply_rules(rules, parsed, is_reply=bool(thread))
 	if decision.delete:
 		return Plan(
 			state=DELETED_BY_RULE,
 			reason=_("deleted by rule {0}").format(decision.deleted_by),
 			decision=decision,
 			automation=automation,
+			ticket=thread,
 		)
+	if thread:
+		return Plan(state=REPLIED, ticket=thread, decision=decision, automation=automation)
 	state, reason, create_contact = unknown_sender_outcome(sender, context=context)
 	return Plan(
 		state=state, reason=reason, decision=decision, automation=automation, create_contact=create_contact
